@@ -11,6 +11,10 @@ REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One core per xdist worker and per kernel it starts: two workers each running 2 OpenMP threads
+    # plus their notebook kernels oversubscribe a 2-core machine and run about ten times slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
