@@ -1,10 +1,9 @@
-"""The `course` command: doctor, prepare, run, release, check-release."""
+"""The `course` command: doctor, prepare, run, release, check-release, grade."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
-import json
 import subprocess
 import sys
 import time
@@ -187,6 +186,28 @@ def check_release(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def grade(args: argparse.Namespace) -> int:
+    """Autograde a folder of submissions into a gradebook, grades.csv and per-student HTML feedback."""
+    from .grade_batch import grade_folder
+
+    solutions = sorted(Path(args.solutions).glob("*.ipynb"))
+    if args.notebook:
+        solutions = [p for p in solutions if p.stem in args.notebook]
+        if missing := set(args.notebook) - {p.stem for p in solutions}:
+            console.print(f"[red]no solution notebook named {', '.join(sorted(missing))} in {args.solutions}[/red]")
+            return 2
+    started = time.perf_counter()
+    result = grade_folder(Path(args.submissions), solutions, Path(args.output), progress=console.print)
+    table = Table(title=f"grades ({time.perf_counter() - started:.0f} s, {result.reused} reused from an earlier run)")
+    for column in ("student", "notebook", "score", "note"):
+        table.add_column(column)
+    for g in result.grades:
+        table.add_row(g.student, g.notebook, f"{g.score:g} / {g.max_score:g}", g.note)
+    console.print(table)
+    console.print(f"gradebook: {result.gradebook}\ngrades: {result.csv}\nfeedback: {result.feedback}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `course` console command."""
     parser = argparse.ArgumentParser(prog="course", description=__doc__)
@@ -200,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="full", choices=["smoke", "grade", "full"])
     p.add_argument("--output", default="build")
     p.set_defaults(func=run)
+    p = sub.add_parser("grade", help=grade.__doc__)
+    p.add_argument("submissions", help="a folder with one folder or .zip per student")
+    p.add_argument("--notebook", action="append", help="grade only this notebook (repeatable; default: all)")
+    p.add_argument("--output", default="grading", help="where the gradebook, grades.csv and feedback/ go")
+    p.add_argument("--solutions", default=str(REPO / "solutions"))
+    p.set_defaults(func=grade)
     for name, func in (("release", release), ("check-release", check_release)):
         p = sub.add_parser(name, help=func.__doc__)
         p.add_argument("--solutions", default=str(REPO / "solutions"))

@@ -38,3 +38,28 @@ def tiny_llama(tokenizer):
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
     return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def course():
+    """One nbgrader course holding every solution notebook, shared by all grading tests."""
+    from course_lib import grading
+
+    built = grading.Course(SOLUTIONS)
+    yield built
+    built.cleanup()
+
+
+def edited_solution(stem: str, grade_id: str, old: str, new: str, folder: Path) -> Path:
+    """A copy of a solution notebook with one typical mistake put into the cell `grade_id`."""
+    import json
+
+    nb = json.loads((REPO / "solutions" / f"{stem}.ipynb").read_text(encoding="utf-8"))
+    cells = [c for c in nb["cells"] if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id]
+    assert len(cells) == 1, f"{stem} has no single cell {grade_id}"
+    source = "".join(cells[0]["source"])
+    assert old in source, f"{old!r} is not in {stem}/{grade_id}"
+    cells[0]["source"] = source.replace(old, new)
+    path = Path(folder) / f"{stem}.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    return path

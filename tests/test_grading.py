@@ -1,19 +1,11 @@
 """nbgrader round trips: the reference solution gets full marks, the blank student notebook zero."""
 
 import json
-import shutil
 
 import pytest
 
-from conftest import REPO, SOLUTIONS
+from conftest import REPO, SOLUTIONS, edited_solution
 from course_lib import grading
-
-
-@pytest.fixture(scope="module")
-def course():
-    built = grading.Course(SOLUTIONS)
-    yield built
-    built.cleanup()
 
 
 @pytest.mark.grading
@@ -36,14 +28,7 @@ def test_blank_student_notebook_gets_zero(course, notebook):
 def test_a_typical_wrong_answer_loses_only_its_marks(course, tmp_path):
     """Exercise 1 of notebook 00 with ensure_ascii left on: only that exercise loses its points."""
     stem = "00_quick_start"
-    nb = json.loads((REPO / "solutions" / f"{stem}.ipynb").read_text())
-    for cell in nb["cells"]:
-        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "build_messages":
-            source = "".join(cell["source"])
-            assert "ensure_ascii=False" in source
-            cell["source"] = source.replace("ensure_ascii=False", "ensure_ascii=True")
-    wrong = tmp_path / f"{stem}.ipynb"
-    wrong.write_text(json.dumps(nb))
+    wrong = edited_solution(stem, "build_messages", "ensure_ascii=False", "ensure_ascii=True", tmp_path)
     scores = course.autograde(stem, "ascii", wrong).by_cell()
     assert scores["test_build_messages"] == 0
     assert scores["test_is_exact_match"] == 2
