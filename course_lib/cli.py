@@ -14,6 +14,8 @@ from rich.table import Table
 
 console = Console()
 REPO = Path(__file__).resolve().parent.parent
+# The kernel's own start-up warnings (e.g. about TCP transport on localhost) teach a learner nothing.
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 
 
 def _requirements() -> dict[str, str]:
@@ -134,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             papermill.execute_notebook(
                 str(source), str(executed), parameters={"PROFILE": args.profile},
                 progress_bar=False, kernel_name="python3", cwd=str(source.parent),
+                extra_arguments=QUIET_KERNEL,
             )
         except Exception as error:  # papermill raises PapermillExecutionError with the failing cell
             status = f"failed: {str(error).strip().splitlines()[-1][:120]}"

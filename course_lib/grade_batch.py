@@ -65,7 +65,7 @@ def find_notebook(folder: Path, stem: str) -> tuple[Path | None, str]:
     if found:
         return found[0], (f"{len(found)} copies of {stem}.ipynb; graded {found[0].relative_to(folder)}"
                           if len(found) > 1 else "")
-    others = sorted(p.name for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    others = sorted({p.name for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts})
     return None, (f"found {', '.join(others)} but no {stem}.ipynb" if others else "")
 
 

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(home)
     _apply_rlimits(limits)
     command = [sys.executable, "-m", "ipykernel_launcher", "-f", str(connection),
-               "--HistoryManager.hist_file=:memory:"]
+               "--HistoryManager.hist_file=:memory:", "--IPKernelApp.log_level=ERROR"]
     os.execve(sys.executable, command, env)
 
 

@@ -3,6 +3,7 @@
 import pytest
 
 from conftest import SOLUTIONS
+from course_lib.cli import QUIET_KERNEL
 
 
 @pytest.mark.notebook
@@ -15,6 +16,7 @@ def test_notebook_runs_in_smoke_profile(notebook, tmp_path):
         papermill.execute_notebook(
             str(notebook), str(tmp_path / notebook.name), parameters={"PROFILE": "smoke"},
             progress_bar=False, kernel_name="python3", cwd=str(notebook.parent),
+            extra_arguments=QUIET_KERNEL,
         )
     except PapermillExecutionError as error:  # show the failing cell's error, not papermill's wrapper
         pytest.fail(f"{notebook.name}, cell {error.exec_count}: {error.ename}: {error.evalue}\n"
