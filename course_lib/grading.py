@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -146,6 +147,7 @@ class Course:
             last = (result.get("error") or result.get("log") or "unknown error").strip().splitlines()[-1]
             return self._zero(stem, student, f"the grader could not run this notebook: {last[:200]}")
         notes = _tampering(Path(notebook), self.student_notebook(stem)) + _incidents(self.autograded_notebook(stem, student))
+        notes += _machinery(Path(notebook))
         return self._read(stem, student, "; ".join(notes))
 
     def feedback(self, stem: str, student: str) -> bool:
@@ -222,6 +224,22 @@ def _tampering(submitted: Path, released: Path) -> list[str]:
     notes += [f"test cell {name} was edited and was restored" for name in original if name in mine
               and mine[name] != original[name]]
     return notes
+
+
+# Code that reaches into the kernel, the interpreter or the grader can fake a pass from inside the kernel;
+# no in-process check can rule that out, so such a submission is flagged for a person to read.
+_MACHINERY = re.compile(r"get_ipython|IPython|run_cell|showtraceback|builtins|sys\.modules|ctypes|gc\.get_objects"
+                        r"|sys\.settrace|__code__|nbgrader")
+
+
+def _machinery(submitted: Path) -> list[str]:
+    """A note when the learner's own cells touch the grader's machinery."""
+    import nbformat
+
+    cells = nbformat.read(submitted, as_version=4).cells
+    mine = [c.source for c in cells if c.cell_type == "code" and not c.get("metadata", {}).get("nbgrader", {}).get("grade")]
+    hits = sorted({m.group(0) for source in mine for m in _MACHINERY.finditer(source)})
+    return [f"code uses {', '.join(hits)}: check this grade by hand"] if hits else []
 
 
 def _graded_tests(path: Path) -> list:

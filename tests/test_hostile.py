@@ -101,11 +101,18 @@ def _hostile_batch(folder: Path, secret: Path, outside: Path) -> dict[str, tuple
     nb = _insert_after(_wrong_is_even(_solution()), "is_even",
                        "get_ipython().showtraceback = lambda *a, **k: None\n"
                        "import builtins\nbuiltins.AssertionError = type('Quiet', (Exception,), {})")
-    case("hides_failures", nb, {"test_add": 1.0, "test_is_even": 0.0}, "")
+    case("hides_failures", nb, {"test_add": 1.0, "test_is_even": 0.0}, "check this grade by hand")
     nb = _insert_after(_solution(), "test_add", "from course_lib import tasks\ntasks.FIELDS = ()\nimport course_lib\n"
                        "course_lib.grading = None")
     _cell(nb, "add").source = _cell(nb, "add").source.replace("return a + b", "return 3")
     case("patches_course_lib", nb, {"test_add": 0.0, "test_is_even": 2.0}, "")
+    # Rewriting IPython's cell runner fakes a pass from inside the kernel: no grade can be trusted then,
+    # so the test asserts the flag, and the expected scores are what the forgery achieves.
+    nb = _insert_after(_wrong_is_even(_solution()), "is_even", (
+        "ip = get_ipython()\nfor name in ('run_cell', 'run_cell_async'):\n    orig = getattr(ip, name)\n"
+        "    def fake(raw_cell, *a, _orig=orig, **k):\n        return _orig('pass' if 'assert' in raw_cell else raw_cell, *a, **k)\n"
+        "    setattr(ip, name, fake)"))
+    case("rewrites_ipython", nb, FULL, "check this grade by hand")
     case("reads_hidden_tests", _insert_after(_solution(), "test_add", f"print(open({str(secret)!r}).read())"),
          FULL, "outside its folder")
     case("writes_outside", _insert_after(_solution(), "test_add",
