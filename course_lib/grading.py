@@ -147,7 +147,7 @@ class Course:
             last = (result.get("error") or result.get("log") or "unknown error").strip().splitlines()[-1]
             return self._zero(stem, student, f"the grader could not run this notebook: {last[:200]}")
         notes = _tampering(Path(notebook), self.student_notebook(stem)) + _incidents(self.autograded_notebook(stem, student))
-        notes += _machinery(Path(notebook))
+        notes += _machinery(Path(notebook), self.student_notebook(stem))
         return self._read(stem, student, "; ".join(notes))
 
     def feedback(self, stem: str, student: str) -> bool:
@@ -232,12 +232,14 @@ _MACHINERY = re.compile(r"get_ipython|IPython|run_cell|showtraceback|builtins|sy
                         r"|sys\.settrace|__code__|nbgrader")
 
 
-def _machinery(submitted: Path) -> list[str]:
-    """A note when the learner's own cells touch the grader's machinery."""
+def _machinery(submitted: Path, released: Path) -> list[str]:
+    """A note when the learner's own code (cells that differ from the release) touches the grader's machinery."""
     import nbformat
 
+    given = {c.source for c in nbformat.read(released, as_version=4).cells}
     cells = nbformat.read(submitted, as_version=4).cells
-    mine = [c.source for c in cells if c.cell_type == "code" and not c.get("metadata", {}).get("nbgrader", {}).get("grade")]
+    mine = [c.source for c in cells if c.cell_type == "code" and c.source not in given
+            and not c.get("metadata", {}).get("nbgrader", {}).get("grade")]
     hits = sorted({m.group(0) for source in mine for m in _MACHINERY.finditer(source)})
     return [f"code uses {', '.join(hits)}: check this grade by hand"] if hits else []
 
