@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
                HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1",
                JUPYTER_RUNTIME_DIR=str(home / ".jupyter"), IPYTHONDIR=str(home / ".ipython"),
                COURSE_SANDBOX="landlock" if limits.landlock and landlock_abi() else "limits-only")
+    from .models import cache_dir
+
+    env["COURSE_CACHE"] = str(cache_dir())  # HOME moves, the converted model must not: it is read-only here
     if limits.landlock:
         restrict_filesystem(_readable_paths(), [home, Path("/dev")])
     os.chdir(home)

@@ -14,6 +14,11 @@ def test_reference_solution_gets_full_marks(course, notebook):
     result = course.autograde(notebook.stem, "reference", notebook)
     assert result.cells, "a graded notebook needs graded cells"
     assert result.score == result.max_score, result.by_cell()
+    # every cell, not only the graded ones, runs cleanly inside the sandbox (model cache, plots, training)
+    executed = json.loads(course.autograded_notebook(notebook.stem, "reference").read_text())
+    errors = [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(executed["cells"])
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == [], errors
 
 
 @pytest.mark.grading
