@@ -11,6 +11,7 @@ import math
 import re
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -175,6 +176,11 @@ def format_trainable(model: nn.Module) -> str:
     return f"trainable params: {t:,d} || all params: {a:,d} || trainable%: {100 * t / a:.4f}"
 
 
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print the trainable-parameter report, character for character like peft's."""
+    print(format_trainable(model))
+
+
 def lora_param_count(in_features: int, out_features: int, r: int) -> int:
     """Parameters LoRA adds to one in->out linear layer: r * (in + out)."""
     return r * (in_features + out_features)
@@ -199,6 +205,15 @@ def _llama_linear_shapes(config) -> dict[str, tuple[int, int]]:
     return shapes
 
 
+def params_from_config(config) -> int:
+    """Parameters of a transformers model built from `config`, counted on the meta device (no memory used)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return model.num_parameters()
+
+
 def lora_params_for_model(model_or_config, target_modules: str | list[str], r: int) -> int:
     """Parameters LoRA would add: walks a model, or reads a Llama-style config without building it."""
     if isinstance(model_or_config, nn.Module):
@@ -213,10 +228,54 @@ def lora_params_for_model(model_or_config, target_modules: str | list[str], r: i
     return sum(lora_param_count(i, o, r) for name, (i, o) in shapes.items() if _matches(name, target_modules))
 
 
+def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Hand-written LoRA modules by name: ours, or any module holding `lora_A`/`lora_B` as Parameters."""
+    return {
+        n: m for n, m in model.named_modules()
+        if isinstance(getattr(m, "lora_A", None), nn.Parameter) and isinstance(getattr(m, "lora_B", None), nn.Parameter)
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes that training keeps for the model itself; activations come on top and grow with batch x length."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer
+
+    def __str__(self) -> str:
+        gib = 2**30
+        return (f"weights {self.weights / gib:.2f} GiB + gradients {self.gradients / gib:.2f} GiB + "
+                f"optimizer {self.optimizer / gib:.2f} GiB = {self.total / gib:.2f} GiB")
+
+
+def training_memory(
+    total_params: int,
+    trainable_params: int,
+    weight_bytes: int = 4,
+    optimizer_states: int = 2,
+    state_bytes: int = 4,
+) -> TrainingMemory:
+    """Memory for weights, gradients and optimizer state (AdamW keeps 2 states per trainable parameter)."""
+    if not 0 <= trainable_params <= total_params:
+        raise ValueError(f"trainable_params={trainable_params} must lie between 0 and total_params={total_params}")
+    # Only trainable parameters get a gradient and optimizer states; frozen ones cost their weights alone.
+    return TrainingMemory(
+        weights=total_params * weight_bytes,
+        gradients=trainable_params * weight_bytes,
+        optimizer=trainable_params * optimizer_states * state_bytes,
+    )
+
+
 @torch.no_grad()
 def copy_lora_from_peft(our_model: nn.Module, peft_model: nn.Module, adapter: str = "default") -> None:
-    """Copy peft's A and B into our LoRA layers, so both models hold identical adapters."""
-    ours = lora_layers(our_model)
+    """Copy peft's A and B into our (or a learner's) LoRA layers, so both models hold identical adapters."""
+    ours = adapter_layers(our_model)
     theirs = {}
     for name, m in peft_model.named_modules():
         if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict) and adapter in m.lora_A:
@@ -228,5 +287,6 @@ def copy_lora_from_peft(our_model: nn.Module, peft_model: nn.Module, adapter: st
     for name, layer in ours.items():
         layer.lora_A.copy_(theirs[name].lora_A[adapter].weight)
         layer.lora_B.copy_(theirs[name].lora_B[adapter].weight)
-        if layer.scaling != theirs[name].scaling[adapter]:
-            warnings.warn(f"{name}: scaling differs (ours {layer.scaling}, peft {theirs[name].scaling[adapter]}).")
+        scaling = getattr(layer, "scaling", None)  # a learner's layer may compute it on the fly
+        if scaling is not None and scaling != theirs[name].scaling[adapter]:
+            warnings.warn(f"{name}: scaling differs (ours {scaling}, peft {theirs[name].scaling[adapter]}).")

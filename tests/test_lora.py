@@ -12,6 +12,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
+from course_lib import lowrank
 from course_lib.lora import (
     LoRALinear,
     copy_lora_from_peft,
@@ -21,10 +22,21 @@ from course_lib.lora import (
     lora_param_count,
     lora_params_for_model,
     merge_lora,
+    params_from_config,
+    print_trainable_parameters,
     trainable_fraction,
     trainable_parameters,
+    training_memory,
     unload_lora,
     unmerge_lora,
+)
+
+from course_lib.lora_train import (
+    LOSS_TOLERANCE,
+    compare_with_peft,
+    make_batches,
+    rank_scaling_experiment,
+    train_steps,
 )
 
 LLAMA_CFG = dict(
@@ -229,16 +241,22 @@ def test_wrong_scaling_is_detected():
     assert not torch.allclose(ours(ids).logits, theirs(ids).logits, atol=LOGITS_ATOL)
 
 
-def test_five_adamw_steps_match_peft():
-    base = tiny_llama()
-    cfg = LoraConfig(r=R, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0)
+@pytest.mark.parametrize("make, targets, use_rslora", [
+    (tiny_llama, TARGETS, False), (tiny_llama, TARGETS, True), (tiny_gpt2, ["c_attn", "c_proj"], False),
+])  # fmt: skip
+def test_five_adamw_steps_match_peft(make, targets, use_rslora):
+    base = make()
+    conv = any(isinstance(m, Conv1D) for m in base.modules())
+    cfg = LoraConfig(r=R, lora_alpha=ALPHA, target_modules=targets, lora_dropout=0.0, use_rslora=use_rslora,
+                     fan_in_fan_out=conv)
     theirs = get_peft_model(copy.deepcopy(base), cfg)  # same init for both: B = 0, A copied
-    ours = inject_lora(base, TARGETS, r=R, alpha=ALPHA)
+    ours = inject_lora(base, targets, r=R, alpha=ALPHA, use_rslora=use_rslora)
     copy_lora_from_peft(ours, theirs)
     ids = batch()
     losses = {}
     for key, model in (("ours", ours), ("peft", theirs)):
         model.train()
+        torch.manual_seed(3)  # GPT-2 has dropout in its blocks: the same seed gives both runs the same masks
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         losses[key] = []
         for _ in range(5):
@@ -275,3 +293,253 @@ def test_merge_unmerge_unload_model_and_peft_merge():
     for (n1, p1), (n2, p2) in zip(plain.state_dict().items(), peft_plain.state_dict().items()):
         assert n1.replace(".base.", ".") == n2
         torch.testing.assert_close(p1, p2, atol=1e-6, rtol=0)
+
+
+def test_gpt2_conv1d_merge_equals_peft_merge():
+    ours, theirs = ours_and_peft(tiny_gpt2, ["c_attn", "c_fc"])
+    ids = batch()
+    before = ours(ids).logits
+    plain, peft_plain = unload_lora(ours), theirs.merge_and_unload()
+    assert isinstance(plain.transformer.h[0].attn.c_attn, Conv1D)  # the Conv1D is back, (in, out) layout kept
+    torch.testing.assert_close(plain(ids).logits, before, atol=LOGITS_ATOL, rtol=0)
+    for (n1, p1), (n2, p2) in zip(plain.state_dict().items(), peft_plain.state_dict().items()):
+        assert n1.replace(".base.", ".") == n2
+        torch.testing.assert_close(p1, p2, atol=1e-6, rtol=0)
+
+
+# --- dropout ----------------------------------------------------------------------------------------
+
+
+def test_dropout_only_on_the_lora_path_and_only_in_training():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(16, 8), r=4, alpha=8, dropout=0.5)
+    x = torch.randn(6, 16)
+    layer.train()
+    torch.testing.assert_close(layer(x), layer.base(x))  # B = 0: dropout on the LoRA path cannot touch the base
+    nn.init.normal_(layer.lora_B)
+    layer.eval()
+    no_dropout = layer.base(x) + x @ layer.lora_A.T @ layer.lora_B.T * layer.scaling
+    torch.testing.assert_close(layer(x), no_dropout)  # eval: no dropout at all
+    layer.train()
+    torch.manual_seed(1)
+    trained = layer(x)
+    torch.manual_seed(1)
+    mask = nn.functional.dropout(torch.ones_like(x), 0.5, training=True)  # the same draw: kept entries are 2, else 0
+    torch.testing.assert_close(trained, layer.base(x) + (x * mask) @ layer.lora_A.T @ layer.lora_B.T * layer.scaling)
+    assert not torch.allclose(trained, no_dropout)
+
+
+def test_dropout_matches_peft_in_training_mode():
+    base = tiny_llama()
+    cfg = LoraConfig(r=R, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.3)
+    theirs = get_peft_model(copy.deepcopy(base), cfg)
+    randomize_B(theirs)
+    ours = inject_lora(base, TARGETS, r=R, alpha=ALPHA, dropout=0.3)
+    copy_lora_from_peft(ours, theirs)
+    ids = batch()
+    ours.train(), theirs.train()
+    torch.manual_seed(5)
+    ours_logits = ours(ids).logits
+    torch.manual_seed(5)  # peft draws its masks in the same order (x -> dropout -> A -> B), so same seed, same masks
+    torch.testing.assert_close(ours_logits, theirs(ids).logits, atol=LOGITS_ATOL, rtol=0)
+    torch.manual_seed(6)
+    assert not torch.allclose(ours_logits, ours(ids).logits)  # dropout really is active in training
+
+
+# --- merge exactness --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (torch.bfloat16, None)])
+def test_merge_unmerge_exact_within_dtype_rounding(dtype, atol):
+    """fp32: back within 1e-6. bf16: each add/subtract rounds to 8 bits of mantissa, so within 2 ulps of |W|."""
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(64, 32).to(dtype), r=8, alpha=16)
+    with torch.no_grad():
+        layer.lora_B.normal_(std=0.05)
+    w0 = layer.base.weight.detach().clone()
+    layer.merge()
+    assert not torch.equal(layer.base.weight, w0)
+    layer.unmerge()
+    if atol is None:
+        atol = 2 * torch.finfo(dtype).eps * w0.abs().max().item() * 2  # 2 ulps at the largest |W + delta|
+    torch.testing.assert_close(layer.base.weight, w0, atol=atol, rtol=0)
+
+
+# --- reports and arithmetic -------------------------------------------------------------------------
+
+
+def test_print_trainable_parameters_prints_peft_line(capsys):
+    ours, theirs = ours_and_peft()
+    print_trainable_parameters(ours)
+    mine = capsys.readouterr().out
+    theirs.print_trainable_parameters()
+    assert mine == capsys.readouterr().out and mine.startswith("trainable params: ")
+
+
+def test_training_memory_matches_adamw_after_a_step():
+    model = inject_lora(tiny_llama(), TARGETS, r=R, alpha=ALPHA)
+    trainable, total = trainable_parameters(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    ids = batch()
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    est = training_memory(total, trainable)
+    assert est.weights == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert est.gradients == sum(p.grad.numel() * p.grad.element_size() for p in params)
+    states = [t for s in opt.state.values() for k, t in s.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert est.optimizer == sum(t.numel() * t.element_size() for t in states)
+    assert est.total == est.weights + est.gradients + est.optimizer and "GiB" in str(est)
+    full = training_memory(total, total)
+    assert full.total == 4 * total * 4  # fp32 full fine-tuning: weights + gradients + 2 Adam states
+    with pytest.raises(ValueError, match="trainable_params"):
+        training_memory(10, 11)
+
+
+def test_params_from_config_counts_without_building():
+    cfg = LlamaConfig(**LLAMA_CFG)
+    assert params_from_config(cfg) == tiny_llama().num_parameters()
+    gpt_cfg = tiny_gpt2().config
+    assert params_from_config(gpt_cfg) == tiny_gpt2().num_parameters()
+
+
+def test_copy_lora_from_peft_into_a_learners_layer():
+    """Any module holding lora_A / lora_B Parameters (a learner's own class) can receive peft's adapter."""
+
+    class Learner(nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+            self.lora_A = nn.Parameter(torch.zeros(R, base.in_features))
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, R))
+
+    base = tiny_llama()
+    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["q_proj"]))
+    randomize_B(theirs)
+    for layer in base.model.layers:
+        layer.self_attn.q_proj = Learner(layer.self_attn.q_proj)
+    copy_lora_from_peft(base, theirs)
+    peft_q = theirs.base_model.model.model.layers[1].self_attn.q_proj
+    torch.testing.assert_close(base.model.layers[1].self_attn.q_proj.lora_B, peft_q.lora_B["default"].weight)
+    base.model.layers[0].self_attn.q_proj = base.model.layers[0].self_attn.q_proj.base
+    with pytest.raises(ValueError, match="only in peft"):
+        copy_lora_from_peft(base, theirs)
+
+
+# --- course_lib.lowrank: SVD and the best rank-r approximation ----------------------------------------
+
+
+def test_error_curve_equals_direct_reconstruction_error():
+    torch.manual_seed(0)
+    w = torch.randn(12, 20) @ torch.diag(torch.linspace(3, 0.1, 20))
+    curve = lowrank.error_curve(lowrank.singular_values(w))
+    assert curve.shape == (13,) and curve[0] == pytest.approx(1.0) and curve[-1] == pytest.approx(0.0, abs=1e-12)
+    assert torch.all(curve[1:] <= curve[:-1])
+    for r in (0, 1, 5, 12):
+        approx = lowrank.rank_r_approx(w, r)
+        assert approx.dtype == w.dtype and approx.shape == w.shape
+        if r:
+            assert torch.linalg.matrix_rank(approx.double(), rtol=1e-5) == r  # rtol: float32 rounding noise
+        direct = (w.double() - approx.double()).norm() / w.double().norm()
+        assert float(curve[r]) == pytest.approx(float(direct), abs=1e-6)
+        assert lowrank.rank_r_error(w, r) == pytest.approx(float(curve[r]))
+
+
+def test_truncated_svd_is_the_best_rank_r_approximation():
+    """Eckart-Young, checked against other rank-r matrices: none is closer than the truncated SVD."""
+    torch.manual_seed(1)
+    w = torch.randn(10, 8, dtype=torch.float64)
+    best = (w - lowrank.rank_r_approx(w, 3)).norm()
+    for _ in range(20):
+        other = torch.randn(10, 3, dtype=torch.float64) @ torch.randn(3, 8, dtype=torch.float64)
+        assert (w - other).norm() > best
+    u, s, vh = torch.linalg.svd(w)
+    perturbed = (u[:, :3] * (s[:3] * 1.01)) @ vh[:3]
+    assert (w - perturbed).norm() > best
+
+
+def test_rank_for_error_and_bad_input():
+    svals = torch.tensor([4.0, 2.0, 1.0, 0.0])  # energies 16, 4, 1: total 21
+    assert lowrank.rank_for_error(svals, 0.5) == 1  # r=1 leaves sqrt(5/21) = 0.488
+    assert lowrank.rank_for_error(svals, 0.25) == 2  # r=2 leaves sqrt(1/21) = 0.218
+    assert lowrank.rank_for_error(svals, 0.2) == 3  # ... which is still above 0.2
+    assert lowrank.rank_for_error(svals, 0.0) == 3
+    assert lowrank.spectrum_summary(svals, (0.5,)) == {0.5: 1}
+    with pytest.raises(ValueError, match="2-D"):
+        lowrank.singular_values(torch.ones(2, 3, 4))
+    with pytest.raises(ValueError, match="r=5"):
+        lowrank.rank_r_approx(torch.ones(3, 4), 5)
+
+
+def test_plot_rank_error_and_slider_redraws_on_change():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = lowrank.error_curve(torch.tensor([3.0, 2.0, 1.0]))
+    ax = lowrank.plot_rank_error({"w": curve}, r=1)
+    assert len(ax.lines) == 3  # the curve, its marker at r, the vertical rule
+    plt.close("all")
+    drawn = []
+    box = lowrank.slider(drawn.append, value=2, min=1, max=3)
+    assert drawn == []  # nothing drawn at creation: the notebook draws the static copy itself
+    box.children[0].value = 3
+    assert drawn == [3]
+
+
+# --- course_lib.lora_train: the side-by-side run and the rsLoRA experiment --------------------------------
+
+
+def _convs(n=6):
+    from course_lib import tasks
+
+    return [tasks.to_messages(e) for e in tasks.generate(n, seed=0)]
+
+
+def test_make_batches_cycles_and_masks_prompts(tokenizer):
+    batches = make_batches(_convs(3), tokenizer, batch_size=2, steps=4)
+    assert len(batches) == 4 and all(b["input_ids"].shape[0] == 2 for b in batches)
+    for b in batches:
+        assert b["input_ids"].shape == b["labels"].shape == b["attention_mask"].shape
+        assert (b["labels"] == -100).any() and (b["labels"] != -100).any()  # prompt masked, answer kept
+    with pytest.raises(ValueError, match="no conversations"):
+        make_batches([], tokenizer, batch_size=2, steps=1)
+
+
+def test_compare_with_peft_matches_for_a_right_layer_and_catches_a_wrong_one(tiny_llama, tokenizer):
+    batches = make_batches(_convs(), tokenizer, batch_size=2, steps=3)
+    pattern = r".*\.(q_proj|v_proj)"
+    good, ours, theirs = compare_with_peft(copy.deepcopy(tiny_llama), lambda m: inject_lora(m, pattern, r=4, alpha=8),
+                                           batches, r=4, alpha=8, target_modules=pattern, lr=1e-2)
+    assert good.matches and good.max_abs_diff <= LOSS_TOLERANCE and "equal within" in str(good)
+    assert good.ours[-1] < good.ours[0]  # it trained
+    assert not any(p.requires_grad for n, p in ours.named_parameters() if "lora_" not in n)
+
+    def alpha_not_over_r(model):  # the typical learner's mistake: scaling alpha instead of alpha / r
+        inject_lora(model, pattern, r=4, alpha=8)
+        for layer in lora_layers(model).values():
+            layer.scaling = 8
+        return model
+
+    with pytest.warns(UserWarning, match="scaling differs"):
+        bad, _, _ = compare_with_peft(copy.deepcopy(tiny_llama), alpha_not_over_r, batches, r=4, alpha=8,
+                                      target_modules=pattern, lr=1e-2)
+    assert not bad.matches and "NOT equal" in str(bad)
+
+
+def test_train_steps_refuses_a_model_with_nothing_to_train(tiny_llama, tokenizer):
+    tiny_llama.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train_steps(tiny_llama, make_batches(_convs(2), tokenizer, 1, 1), lr=1e-3)
+
+
+def test_rank_scaling_experiment_shows_the_rslora_effect():
+    runs = rank_scaling_experiment(ranks=(4, 64), steps=30)
+    plain, rs = runs["alpha / r"], runs["alpha / sqrt(r)"]
+    assert set(runs) == {"alpha / r", "alpha / sqrt(r)"} and all(len(c) == 30 for c in plain.values())
+    assert plain[4][0] == pytest.approx(1.0, abs=0.05)  # relative loss starts at 1 (B = 0)
+    # What the notebook claims: with alpha/sqrt(r) the higher rank learns faster; with alpha/r it barely differs.
+    assert rs[64][-1] < rs[4][-1] - 0.05
+    assert abs(plain[64][-1] - plain[4][-1]) < 0.02
+    assert rs[64][-1] < plain[64][-1]
