@@ -1,0 +1,157 @@
+"""A fused LoRA linear layer for training: y = x W^T + s (x A^T) B^T in three matmuls, the add done inside one of them.
+
+peft's LoRA layer computes the same thing as separate operations: the base matmul, A, B, a multiply by the scale
+and an add, each writing a full-size activation, and as many again in the backward pass (plus, for a 4-bit base, a
+defensive clone). With adapters on all seven linear layers of every block that traffic costs about as much GPU
+time as the base matmuls. Here the scale and the add ride on `addmm`, the backward reuses g @ B for both the input
+gradient and A's gradient, and nothing but x and the rank-r activation is saved.
+
+`fuse_lora(model)` swaps the forward of each plain LoRA layer (one active adapter, no dropout, no DoRA) for this
+one; the adapters stay peft's parameters, so saving, merging and the optimizer see nothing different, and
+`unfuse_lora` puts peft's forward back.
+"""
+
+from __future__ import annotations
+
+from types import MethodType
+
+
+def _base_weight(base, dtype):
+    """The base layer's weight as a dense [out, in] tensor in `dtype` (bitsandbytes 4-bit weights are dequantized)."""
+    cached = base.__dict__.get("_course_dense")
+    if cached is not None and cached.dtype == dtype:
+        return cached
+    weight = base.weight
+    if getattr(weight, "quant_state", None) is not None:  # bnb Params4bit: NF4/FP4 codes plus their quant state
+        import bitsandbytes.functional as bnbf
+
+        _unpack_cpu_layout(weight)
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+    return weight if weight.dtype == dtype else weight.to(dtype)
+
+
+def _unpack_cpu_layout(weight) -> None:
+    """Undo bitsandbytes' CPU inference repacking (done on a CPU forward in eval mode), as its own .cuda() does."""
+    if getattr(weight.quant_state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+
+
+def _lora_function():
+    import torch
+
+    class LoraLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, A, B, base, scaling):
+            shape = x.shape
+            x2 = x.reshape(-1, shape[-1])
+            weight = _base_weight(base, x.dtype)
+            bias = base.bias
+            y = x2 @ weight.t() if bias is None else torch.addmm(bias.to(x.dtype), x2, weight.t())
+            a = x2 @ A.t()  # [tokens, r]
+            y.addmm_(a, B.t(), alpha=scaling)  # y += s * a @ B^T, in the matmul's epilogue: no extra pass
+            ctx.save_for_backward(x2, a, A, B)
+            ctx.base, ctx.scaling = base, scaling
+            return y.view(*shape[:-1], y.shape[-1])
+
+        @staticmethod
+        def backward(ctx, grad):
+            x2, a, A, B = ctx.saved_tensors
+            s = ctx.scaling
+            g = grad.reshape(-1, grad.shape[-1])
+            gb = g @ B  # [tokens, r]: shared by the input gradient and A's gradient
+            dx = dA = dB = None
+            if ctx.needs_input_grad[0]:
+                dx = g @ _base_weight(ctx.base, g.dtype)
+                dx.addmm_(gb, A, alpha=s)
+                dx = dx.view(*grad.shape[:-1], dx.shape[-1])
+            if ctx.needs_input_grad[1]:
+                dA = (gb.t() @ x2).mul_(s)
+            if ctx.needs_input_grad[2]:
+                dB = (g.t() @ a).mul_(s)
+            return dx, dA, dB, None, None
+
+    return LoraLinear
+
+
+_FN = None
+
+
+def lora_linear(x, base, A, B, scaling: float):
+    """base(x) + scaling * x A^T B^T with a fused backward (base: nn.Linear or bitsandbytes Linear4bit)."""
+    global _FN
+    if _FN is None:
+        _FN = _lora_function()
+    return _FN.apply(x, A, B, base, float(scaling))
+
+
+def _fused_forward(self, x, *args, **kwargs):
+    adapter = self.active_adapters[0]
+    A, B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+    if x.dtype != A.dtype:
+        x = x.to(A.dtype)
+    return lora_linear(x, self.get_base_layer(), A, B, self.scaling[adapter])
+
+
+def can_fuse(module) -> bool:
+    """True for a peft LoRA layer this module can run: one active adapter, no dropout, no DoRA/variants, not merged."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(module, LoraLayer) or not hasattr(module, "lora_A") or getattr(module, "merged", False):
+        return False
+    adapters = list(module.active_adapters)
+    if len(adapters) != 1 or adapters[0] not in module.lora_A:
+        return False
+    name = adapters[0]
+    if module.use_dora.get(name) or name in getattr(module, "lora_variant", {}):
+        return False
+    dropout = module.lora_dropout[name]
+    if not isinstance(dropout, torch.nn.Identity) and not (isinstance(dropout, torch.nn.Dropout) and dropout.p == 0):
+        return False
+    base = module.get_base_layer()
+    is_linear = type(base) is torch.nn.Linear
+    is_4bit = type(base).__name__ == "Linear4bit" and getattr(base.weight, "quant_state", None) is not None
+    return (is_linear or is_4bit) and isinstance(module.lora_A[name], torch.nn.Linear)
+
+
+def fuse_lora(model) -> int:
+    """Give every fusable LoRA layer of `model` the fused forward; returns how many layers changed."""
+    count = 0
+    for module in model.modules():
+        if can_fuse(module):
+            module.forward = MethodType(_fused_forward, module)
+            count += 1
+    return count
+
+
+def unfuse_lora(model) -> None:
+    """Put peft's own forward back on every layer `fuse_lora` changed, and drop any dequantized weights."""
+    for module in model.modules():
+        if "forward" in module.__dict__ and getattr(module.forward, "__func__", None) is _fused_forward:
+            del module.forward
+        module.__dict__.pop("_course_dense", None)
+
+
+def cache_dense_weights(model, budget_bytes: float, dtype) -> int:
+    """Keep dequantized copies of 4-bit base weights of fused LoRA layers, as many as fit `budget_bytes`.
+
+    The base weights are frozen, so dequantizing them once gives exactly what every forward, recomputation and
+    backward would dequantize again (three times a step with checkpointing). Spare GPU memory buys that time back;
+    the model itself stays 4-bit. Returns the bytes used.
+    """
+    used = 0
+    for module in model.modules():
+        if getattr(module.forward, "__func__", None) is not _fused_forward:
+            continue
+        base = module.get_base_layer()
+        if getattr(base.weight, "quant_state", None) is None:
+            continue
+        out_features, in_features = base.weight.quant_state.shape
+        size = out_features * in_features * dtype.itemsize
+        if used + size > budget_bytes:
+            break
+        base.__dict__["_course_dense"] = _base_weight(base, dtype).detach()
+        used += size
+    return used

@@ -1,0 +1,243 @@
+"""The kernels side of the GPU fast path: varlen attention, a fused linear cross-entropy, fp32 master weights.
+
+Each piece is small, runs on the CPU too (slowly, but identically, so CI can test it), and is checked against the
+library version it replaces in tests/test_fastpath.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+ATTENTION_NAME = "course_varlen"
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+
+
+def _varlen_fn():
+    """torch's flash-attention varlen entry point, or None where this torch has none."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+_SIGNATURES: dict = {}
+
+
+def _signature(fn) -> dict:
+    if fn not in _SIGNATURES:  # inspect is slow, and this runs in every layer of every step
+        _SIGNATURES[fn] = dict(inspect.signature(fn).parameters)
+    return _SIGNATURES[fn]
+
+
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """An `AttentionInterface` function: causal attention inside each packed example, never across examples.
+
+    `query`/`key`/`value` come as [1, heads, T, head_dim] over all examples of the row; `cu_seq_lens_q` marks
+    where each example starts. On a CUDA GPU in bf16/fp16 one flash-attention varlen kernel does the work; elsewhere
+    (CPU, fp32) each example goes through SDPA on its own, which is slow but exactly the per-example result.
+    """
+    import torch
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or attention_mask is not None:  # not a packed training batch (e.g. generation): plain SDPA
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError(f"packed attention expects one row per batch, got {query.shape[0]}")
+    groups = query.shape[1] // key.shape[1]
+    varlen = _varlen_fn()
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and varlen is not None:
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, head_dim]
+        params = _signature(varlen)
+        extra = {}
+        if groups > 1:
+            if "enable_gqa" in params:
+                extra["enable_gqa"] = True
+            else:  # older torch: give every query head its own copy of the shared key/value head
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        if "window_size" in params:
+            extra["window_size"] = (-1, 0)  # causal
+        else:
+            extra["is_causal"] = True
+        if "scale" in params and scaling is not None:
+            extra["scale"] = scaling
+        max_len = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
+        out = varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **extra)
+        return out.unsqueeze(0), None  # [1, T, heads, head_dim], as transformers' attention functions return
+    # reference path: one SDPA call per example
+    bounds = cu.tolist()
+    outs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        outs.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling))
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> str:
+    """Register `varlen_attention` with transformers under ATTENTION_NAME (idempotent); returns the name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, varlen_attention)
+    return ATTENTION_NAME
+
+
+def packed_kwargs(batch) -> dict:
+    """The keyword arguments a transformers decoder passes down to `varlen_attention` for a PackedBatch."""
+    return {"cu_seq_lens_q": batch.cu_seqlens, "cu_seq_lens_k": batch.cu_seqlens,
+            "max_length_q": batch.max_seqlen, "max_length_k": batch.max_seqlen}
+
+
+# ---------------------------------------------------------------------------------------------------- loss
+
+
+def _linear_cross_entropy_class():
+    import torch
+
+    class LinearCrossEntropy(torch.autograd.Function):
+        """sum(CE(hidden @ weight.T, targets)), computed chunk by chunk with its gradient taken in the forward.
+
+        The full logits (tokens × vocabulary, in fp32) are the largest tensor of a small model's step; here only a
+        chunk of them exists at a time, and the backward pass is a multiply by the saved gradient.
+        """
+
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, chunk):
+            need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            grad_h = torch.empty_like(hidden) if need_h else None
+            acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 at least, like transformers' loss
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+            total = torch.zeros((), dtype=acc, device=hidden.device)
+            for start in range(0, hidden.shape[0], chunk):
+                h, t = hidden[start:start + chunk], targets[start:start + chunk]
+                logits = (h @ weight.t()).to(acc)  # like transformers: matmul in the model dtype, loss in fp32
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                if need_h or need_w:
+                    grad = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place over the logits
+                    grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                    grad = grad.to(hidden.dtype)
+                    if need_h:
+                        grad_h[start:start + chunk] = grad @ weight
+                    if need_w:
+                        grad_w += (grad.t() @ h).to(acc)
+            ctx.save_for_backward(grad_h, grad_w)
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            grad_h, grad_w = ctx.saved_tensors
+            return (grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None,
+                    (grad_w * grad_out).to(grad_w.dtype) if grad_w is not None else None, None, None)
+
+    return LinearCrossEntropy
+
+
+_LCE = None
+
+
+def linear_cross_entropy_sum(hidden, weight, targets, chunk: int | None = None):
+    """Sum over rows of the cross-entropy of `hidden @ weight.T` against `targets`, without the full logits."""
+    global _LCE
+    if _LCE is None:
+        _LCE = _linear_cross_entropy_class()
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0
+    if chunk is None:  # about 64M logits a chunk: 256 MB in fp32, large enough to keep the GPU busy
+        chunk = max(256, (1 << 26) // weight.shape[0])
+    if weight.dtype != hidden.dtype:
+        weight = weight.to(hidden.dtype)
+    return _LCE.apply(hidden, weight, targets, chunk)
+
+
+# ---------------------------------------------------------------------------------------------------- optimizer
+
+
+class MasterWeights:
+    """Train low-precision parameters through fp32 master copies: the step runs in fp32, the model keeps bf16.
+
+    LoRA adapters are small (about 1 % of the model), so their fp32 copies and optimizer states cost little, while
+    the adapters themselves stay in bf16 and every matmul of the forward and backward pass stays in bf16.
+    """
+
+    def __init__(self, params, make_optimizer):
+        import torch
+
+        self.params = [p for p in params if p.requires_grad]
+        if not self.params:
+            raise ValueError("no trainable parameters: did the adapters get attached?")
+        self.low = [p for p in self.params if p.dtype != torch.float32]
+        self.master = [p.detach().float().clone().requires_grad_(True) for p in self.low]
+        for m in self.master:  # persistent fp32 gradient buffers: one foreach copy a step, no allocations
+            m.grad = torch.zeros_like(m)
+        # fp32 parameters are optimized in place; low-precision ones through their master copy
+        self.targets = [p for p in self.params if p.dtype == torch.float32] + self.master
+        self.optimizer = make_optimizer(self.targets)
+
+    def clip_and_step(self, max_grad_norm: float | None):
+        """Copy gradients to the masters, clip by global norm, step, copy the new values back; returns the norm."""
+        import torch
+
+        if self.low:
+            pairs = [(m.grad, p.grad) for p, m in zip(self.low, self.master) if p.grad is not None]
+            for p, m in zip(self.low, self.master):
+                if p.grad is None:  # a parameter the loss did not reach this step
+                    m.grad.zero_()
+            if pairs:
+                torch._foreach_copy_([m for m, _ in pairs], [g for _, g in pairs])
+        grads = [p for p in self.targets if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(grads, max_grad_norm if max_grad_norm else math.inf, foreach=True)
+        self.optimizer.step()
+        if self.low:
+            torch._foreach_copy_([p.data for p in self.low], self.master)
+        return norm
+
+    def zero_grad(self):
+        """Drop the model's gradients (set to None, so the next backward writes rather than adds)."""
+        for p in self.params:
+            p.grad = None
+
+
+def make_adamw(kind: str, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    """A factory for the optimizer: 'fused' (torch AdamW, one kernel), 'paged8bit' (bitsandbytes) or 'plain'."""
+    import torch
+
+    def build(params):
+        if kind == "paged8bit":
+            import bitsandbytes as bnb
+
+            return bnb.optim.PagedAdamW8bit(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        on_gpu = all(p.is_cuda for p in params)
+        options = {"fused": True} if kind == "fused" and on_gpu else {"foreach": True}
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **options)
+
+    return build
+
+
+# ---------------------------------------------------------------------------------------------------- optional kernels
+
+
+def liger_available() -> bool:
+    """True when the `liger-kernel` package imports (it needs a CUDA GPU with Triton to be useful)."""
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception:  # ImportError, or Triton failing to initialise without a GPU
+        return False
+    return True
+
+
+def apply_liger(model) -> list[str]:
+    """Swap RMSNorm, SwiGLU and RoPE of a Llama-family model for Liger's Triton kernels; returns what changed."""
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    # The loss stays ours (linear_cross_entropy_sum); Liger's fused linear CE would need its own forward.
+    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False, model=model)
+    return ["rms_norm", "swiglu", "rope"]
