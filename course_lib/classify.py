@@ -14,6 +14,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from .tasks import distinct
+
 LABELS = ("billing", "delivery", "technical", "account")
 
 _TOPICS: dict[str, list[str]] = {
@@ -74,20 +76,7 @@ def _sample(rng: random.Random, aside_rate: float) -> TextExample:
 def generate(n: int, seed: int = 0, aside_rate: float = 0.3) -> list[TextExample]:
     """`n` distinct labelled messages from a seeded generator."""
     rng = random.Random(seed)
-    seen: set[str] = set()
-    out: list[TextExample] = []
-    misses = 0
-    while len(out) < n:
-        example = _sample(rng, aside_rate)
-        if example.text in seen:
-            misses += 1
-            if misses > 10_000:
-                raise ValueError(f"could not generate {n} distinct messages; the generator has too few combinations")
-            continue
-        misses = 0
-        seen.add(example.text)
-        out.append(example)
-    return out
+    return distinct(lambda: _sample(rng, aside_rate), n, what="messages")
 
 
 def make_splits(n_train: int = 400, n_val: int = 100, n_test: int = 200, seed: int = 0,

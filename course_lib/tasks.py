@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 FIELDS = ("name", "age", "city", "job")
 INSTRUCTION = 'Reply with only a JSON object giving the name, age, city and job of the person, with the keys "name", "age", "city", "job" (null if not given).'
@@ -124,15 +127,20 @@ def _sample(rng: random.Random) -> Example:
 def generate(n: int, seed: int = 0) -> list[Example]:
     """`n` distinct examples from a seeded generator."""
     rng = random.Random(seed)
+    return distinct(lambda: _sample(rng), n, what="examples")
+
+
+def distinct(sample: Callable[[], T], n: int, what: str = "examples") -> list[T]:
+    """`n` samples with distinct `.text`, in the order drawn; a clear error when the space runs out."""
     seen: set[str] = set()
-    out: list[Example] = []
+    out: list[T] = []
     misses = 0
     while len(out) < n:
-        example = _sample(rng)
+        example = sample()
         if example.text in seen:
             misses += 1
             if misses > 10_000:  # the space is exhausted, not unlucky: fail instead of spinning
-                raise ValueError(f"could not generate {n} distinct examples; the generator has too few combinations")
+                raise ValueError(f"could not generate {n} distinct {what}; the generator has too few combinations")
             continue
         misses = 0
         seen.add(example.text)
