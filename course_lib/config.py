@@ -44,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # applied to weight matrices only, never to biases or norm weights
     max_grad_norm: float | None = 1.0  # None turns clipping off
     adam_beta2: float = 0.999
+    optim: str | None = None  # a transformers optimizer name ("paged_adamw_8bit" for QLoRA); None: its default
     # Numerics and memory.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
@@ -126,6 +127,12 @@ class TrainConfig:
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.max_grad_norm is None or self.max_grad_norm > 0,
              f"max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}")
+        if self.optim is not None:
+            from transformers.training_args import OptimizerNames
+
+            names = [o.value for o in OptimizerNames]
+            need(self.optim in names, f"optim must be None or a transformers optimizer name such as 'adamw_torch' or "
+                 f"'paged_adamw_8bit', got {self.optim!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         resolve_precision(self.precision, device)  # raises ConfigError for fp16/bf16 where they cannot run
         for kind in ("eval", "save"):
@@ -189,6 +196,7 @@ class TrainConfig:
             warmup_steps=warmup,
             weight_decay=self.weight_decay,  # the Trainer applies it to decay_parameter_names() only
             adam_beta2=self.adam_beta2,
+            **({"optim": self.optim} if self.optim is not None else {}),
             max_grad_norm=self.max_grad_norm or 0.0,
             bf16=precision == "bf16",
             fp16=precision == "fp16",  # accelerate pairs fp16 autocast with a dynamic loss scaler (GradScaler)

@@ -31,6 +31,7 @@ from course_lib.train import train
     ({"precision": "fp16"}, r"precision='fp16' needs a CUDA GPU"),
     ({"precision": "bf16"}, r"precision='bf16' needs a CUDA GPU"),
     ({"precision": "fp8"}, r"precision must be one of auto, bf16, fp16, fp32"),
+    ({"optim": "adam"}, r"optim must be None or a transformers optimizer name"),
 ])
 def test_bad_configs_fail_with_a_message_naming_the_field_and_fix(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -174,3 +175,8 @@ def test_the_trainer_runs_the_steps_and_learning_rates_the_config_predicts(tiny_
     logged = [row["learning_rate"] for row in result.history]
     assert logged == pytest.approx([config.lr_at(step - 1, total) for step in range(1, total + 1)])
     assert all(math.isfinite(loss) for loss in result.losses)
+
+
+def test_optim_reaches_the_training_arguments():
+    assert TrainConfig(optim="sgd").to_training_arguments("out", device="cpu").optim == "sgd"
+    assert TrainConfig().to_training_arguments("out", device="cpu").optim.value.startswith("adamw")
