@@ -506,6 +506,67 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
+class PeakMemory:
+    """Measure the peak memory a block of code adds: `with PeakMemory(device) as m: ...`, then `m.peak_bytes`.
+
+    CUDA: torch.cuda.max_memory_allocated() above what was allocated at the start. CPU: the process's peak
+    resident set (VmHWM, reset through /proc/self/clear_refs) above its size at the start, with glibc told to
+    give freed tensors back at once so that the peak follows live tensors. Where Linux does not let us reset the
+    peak (another OS, a sandbox), `peak_bytes` stays None rather than a wrong number.
+    """
+
+    def __init__(self, device: str = "cpu", preload: bool = True):
+        self.device, self.preload = str(device), preload
+        self.peak_bytes: int | None = None
+        self._start = 0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.preload:
+            # libraries a first training step imports lazily would otherwise count as training memory
+            import peft  # noqa: F401
+            import transformers.trainer  # noqa: F401
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        elif self._can_reset():
+            _glibc_returns_freed_memory()
+            self._start = _rss_kib("VmRSS") * 1024
+            _reset_peak_rss()
+        else:
+            self._start = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
+        elif self._start is not None:
+            self.peak_bytes = _rss_kib("VmHWM") * 1024 - self._start
+
+    @staticmethod
+    def _can_reset() -> bool:
+        return os.access("/proc/self/clear_refs", os.W_OK) and os.access("/proc/self/status", os.R_OK)
+
+
+def _glibc_returns_freed_memory() -> None:
+    """Tell glibc to map every allocation over 64 KiB on its own and unmap it when freed (Linux with glibc only)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from malloc.h
+    libc.mallopt(m_mmap_threshold, 64 * 1024)
+    libc.mallopt(m_trim_threshold, 0)
+    libc.malloc_trim(0)
+
+
 def _load_for_method(path: str, method: str, precision: str, device: str, r: int, targets, gradient_checkpointing):
     import torch
     from transformers import AutoModelForCausalLM
