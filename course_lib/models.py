@@ -73,7 +73,14 @@ def find_spec(name: str) -> ModelSpec | None:
     """The course spec for a short name or hub id, or None for any other name."""
     key = name.lower()
     if key == "default":
-        return MODELS[DEFAULT_CAUSAL]
+        chosen = os.environ.get("COURSE_MODEL", "").strip().lower()  # set by the learner, or on Colab by colab.py
+        if not chosen:
+            return MODELS[DEFAULT_CAUSAL]
+        spec = MODELS.get(chosen) or _BY_HUB_ID.get(chosen)
+        if spec is None or spec.kind != "causal":
+            causal = ", ".join(k for k, s in MODELS.items() if s.kind == "causal")
+            raise ValueError(f"$COURSE_MODEL is {chosen!r}; expected one of the course's causal models: {causal}")
+        return spec
     return MODELS.get(key) or _BY_HUB_ID.get(key)
 
 

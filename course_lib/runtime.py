@@ -141,5 +141,9 @@ def start(profile: str | None = None, seed: int = 0, model: str = "default") -> 
     chosen = set_profile(profile)
     seed_everything(seed)
     device = detect_device()
+    if in_colab():  # the hub is reachable there: pick the largest course model the GPU fits
+        from .colab import configure
+
+        model = configure(model)
     print(f"course_lib {__version__} | profile {chosen} | {device} | model {describe_source(model)}")
     return Session(profile=chosen, device=device, seed=seed)

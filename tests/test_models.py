@@ -70,3 +70,13 @@ def test_encoder_loads_from_its_package():
     assert model.config.num_labels == 3
     assert model.config.model_type == "bert"
     assert tokenizer("hello world")["input_ids"][0] == tokenizer.cls_token_id
+
+
+def test_course_model_variable_chooses_the_default(monkeypatch):
+    monkeypatch.setenv("COURSE_MODEL", "smollm2-360m")
+    assert models.find_spec("default").key == "smollm2-360m"
+    assert models.find_spec("smollm2-135m").key == "smollm2-135m"  # explicit names are not redirected
+    for wrong in ("smollm2-7b", "minilm"):  # unknown, and an encoder where a causal model is needed
+        monkeypatch.setenv("COURSE_MODEL", wrong)
+        with pytest.raises(ValueError, match=rf"\$COURSE_MODEL is '{wrong}'; expected one of .*smollm2-135m"):
+            models.find_spec("default")
