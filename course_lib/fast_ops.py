@@ -25,6 +25,16 @@ def _varlen_fn():
 
 
 _SIGNATURES: dict = {}
+_FLASH: dict = {}
+
+
+def _flash_capable(device) -> bool:
+    """Flash attention (the varlen kernel) needs an Ampere or newer GPU; a T4 takes the per-example path."""
+    import torch
+
+    if device not in _FLASH:
+        _FLASH[device] = torch.cuda.get_device_capability(device)[0] >= 8
+    return _FLASH[device]
 
 
 def _signature(fn) -> dict:
@@ -52,7 +62,8 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
         raise ValueError(f"packed attention expects one row per batch, got {query.shape[0]}")
     groups = query.shape[1] // key.shape[1]
     varlen = _varlen_fn()
-    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and varlen is not None:
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and varlen is not None \
+            and _flash_capable(query.device):
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, head_dim]
         params = _signature(varlen)
         extra = {}

@@ -224,6 +224,32 @@ def _choose(value, auto):
     return auto if value == "auto" else value
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; `step` is where it was seen, `history` the steps before it."""
+
+    def __init__(self, message: str, step: int, history: list[dict]):
+        super().__init__(message)
+        self.step = step
+        self.history = history
+
+
+def unsupported_reason(model) -> str | None:
+    """Why the fast path cannot train `model` (None when it can): what it would silently get wrong otherwise."""
+    import torch
+
+    config = getattr(model, "config", None)
+    for unsupported in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, unsupported, None):
+            return (f"the fast path computes the loss from the hidden states and does not apply {unsupported}; "
+                    f"use the recipe for this model")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "bias", None) is not None:
+        return "the fast path expects an output layer without bias; use the recipe for this model"
+    if compute_dtype(model) == torch.float16:
+        return "fp16 weights need loss scaling, which the fast path does not do; load the model in bf16 or fp32"
+    return None
+
+
 def _train_packed(model, rows: list[dict], settings: FastSettings, progress: bool, desc: str) -> FastResult:
     import torch
 
@@ -231,11 +257,9 @@ def _train_packed(model, rows: list[dict], settings: FastSettings, progress: boo
 
     quiet()
     device = next(model.parameters()).device
-    config = getattr(model, "config", None)
-    for unsupported in ("final_logit_softcapping", "logit_scale"):
-        if getattr(config, unsupported, None):
-            raise ValueError(f"the fast path computes the loss from the hidden states and does not apply "
-                             f"{unsupported}; use FastSettings(recipe=True) for this model")
+    reason = unsupported_reason(model)
+    if reason:
+        raise ValueError(reason.replace("use the recipe", "use FastSettings(recipe=True)"))
     four_bit = is_4bit(model)
     peft_model = attach_lora(model, settings)
     base = peft_model.get_base_model()
@@ -268,11 +292,10 @@ def _speed_up(peft_model, settings: FastSettings, device, details: dict) -> None
     details["fused_lora_layers"] = fuse_lora(peft_model) if settings.fused_lora else 0
     compiling = bool(_choose(settings.compile, False)) and on_gpu
     # Liger's autograd functions broke torch.compile's tracer (torch 2.11): compiled layers use plain PyTorch ops
-    use_liger = _choose(settings.liger, on_gpu) and on_gpu and not compiling and liger_available()
+    llama = getattr(base.config, "model_type", None) == "llama"  # Liger's patch here is the Llama one
+    use_liger = _choose(settings.liger, on_gpu) and on_gpu and llama and not compiling and liger_available()
     details["liger"] = apply_liger(base) if use_liger else []
     base.set_attn_implementation(register_attention())
-    if getattr(base.get_output_embeddings(), "bias", None) is not None:
-        raise ValueError("the fast path expects an output layer without bias; use FastSettings(recipe=True)")
     if compiling:
         for layer in base.get_decoder().layers:
             layer.compile(dynamic=True)
@@ -325,7 +348,7 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
     bar = _progress_bar(progress, settings.steps, desc)
-    step_losses, step_tokens = [], []
+    step_losses, step_tokens, step_norms, step_lrs = [], [], [], []
     timed_start = timed_tokens = None
     peft_model.train()
     started = time.perf_counter()
@@ -346,7 +369,8 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
                 part = linear_cross_entropy_sum(hidden, head.weight, batch.targets)
                 (part / n_learned).backward()  # token-weighted over the whole step, like the Trainer's loss
                 loss_sum += part.detach()
-            master.clip_and_step(settings.max_grad_norm)
+            step_lrs.append(scheduler.get_last_lr()[0])  # the rate this step uses, as the Trainer logs it
+            step_norms.append(master.clip_and_step(settings.max_grad_norm))  # norm before clipping
             scheduler.step()
             master.zero_grad()
             step_losses.append(loss_sum / n_learned)
@@ -356,7 +380,10 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
             if step % settings.log_every == 0 or step == settings.steps:
                 loss = float(step_losses[-1])  # waits for the GPU: only every log_every steps
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss} at step {step}; lower the learning rate")
+                    history = _history(step_losses, step_tokens, step_norms, step_lrs)
+                    first = next((row["step"] for row in history if not math.isfinite(row["loss"])), step)
+                    raise NonFiniteLoss(f"the loss became {loss} at step {first}; lower the learning rate", first,
+                                        [row for row in history if row["step"] < first])
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if bar is not None:
@@ -370,9 +397,19 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
     finally:
         if bar is not None:
             bar.close()
-    losses = torch.stack(step_losses).tolist() if step_losses else []
-    history = [{"step": i + 1, "loss": loss, "tokens": n} for i, (loss, n) in enumerate(zip(losses, step_tokens))]
-    return history, seconds, sum(step_tokens)
+    return _history(step_losses, step_tokens, step_norms, step_lrs), seconds, sum(step_tokens)
+
+
+def _history(losses, tokens, norms, lrs) -> list[dict]:
+    """One row per optimizer step, {"step", "loss", "learning_rate", "grad_norm", "tokens"}: one GPU read for all."""
+    import torch
+
+    if not losses:
+        return []
+    losses = torch.stack([loss.float() for loss in losses]).tolist()
+    norms = torch.stack([torch.as_tensor(norm).float() for norm in norms]).tolist()
+    return [{"step": i + 1, "loss": loss, "learning_rate": float(lr), "grad_norm": norm, "tokens": n}
+            for i, (loss, norm, lr, n) in enumerate(zip(losses, norms, lrs, tokens))]
 
 
 def _progress_bar(progress: bool, total: int, desc: str):

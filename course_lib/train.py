@@ -37,6 +37,9 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
     max_length: int = 256
     seed: int = 0
+    # which path `finetune_lora` takes: None = the fast path when the model is on a CUDA GPU, the Trainer otherwise;
+    # False = always the Hugging Face Trainer (the recipe the course teaches); True = always the fast path
+    fast: bool | None = None
 
 
 @dataclass
@@ -51,6 +54,8 @@ class TrainResult:
     best_step: int | None = None  # the step of the best validation loss, with early stopping
     global_step: int = 0
     output_dir: str | None = None  # where the checkpoints are, when the config kept them
+    path: str = "trainer"  # which code trained: "trainer" (Hugging Face Trainer) or "fast" (course_lib.fastpath)
+    details: dict = field(default_factory=dict)  # what the fast path chose (kernels, memory plan), or why not
 
     @property
     def losses(self) -> list[float]:
@@ -226,6 +231,48 @@ def lora_config_for(settings: LoraSettings):
                       target_modules=settings.target_modules, task_type="CAUSAL_LM")
 
 
+def choose_path(model, settings: LoraSettings) -> tuple[bool, str]:
+    """(use the fast path?, why): `settings.fast` decides when set, else the fast path exactly on a CUDA GPU."""
+    from .fastpath import unsupported_reason
+
+    device = next(model.parameters()).device.type
+    reason = unsupported_reason(model)
+    if settings.fast is False:
+        return False, "LoraSettings(fast=False)"
+    if settings.fast is True:
+        if reason:
+            raise ValueError(f"LoraSettings(fast=True), but {reason} (fast=False)")
+        return True, "LoraSettings(fast=True)" + (" on a CPU: same maths, no GPU kernels" if device != "cuda" else "")
+    if device != "cuda":
+        return False, f"the model is on the {device}; the fast path is for CUDA GPUs"
+    if reason:
+        return False, reason.replace("use the recipe for this model", "so the Trainer runs")
+    return True, "the model is on a CUDA GPU"
+
+
+def fast_settings_for(settings: LoraSettings):
+    """The fast path's settings for the same run: the optimisation exactly as the Trainer path does it.
+
+    Both: `batch_size` examples per optimizer step, linear warm-up and decay, AdamW (betas 0.9/0.999, eps 1e-8) with
+    no weight decay, the Trainer path's gradient clipping (1.0), seeded shuffled epochs, LoRA on the same layers with the same rank,
+    alpha and dropout. (LoRA dropout above 0 is honoured: those layers run through peft's own forward, unfused.)
+    """
+    from .fastpath import FastSettings
+
+    return FastSettings(
+        steps=settings.steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_steps, schedule="linear", weight_decay=0.0,
+        max_grad_norm=TrainConfig().max_grad_norm, r=settings.r, alpha=settings.alpha, dropout=settings.dropout,
+        target_modules=list(settings.target_modules), max_length=settings.max_length, seed=settings.seed,
+    )
+
+
+def from_fast_result(fast, why: str = "") -> TrainResult:
+    """A `TrainResult` (what notebooks read) from the fast path's `FastResult`."""
+    return TrainResult(model=fast.model, history=fast.history, seconds=fast.seconds, global_step=len(fast.history),
+                       path=fast.path, details={**fast.details, "tokens": fast.tokens, "why": why})
+
+
 def finetune_lora(
     model,
     tokenizer,
@@ -233,12 +280,30 @@ def finetune_lora(
     settings: LoraSettings | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Wrap `model` with LoRA adapters and train them on chat conversations (loss on answers only)."""
+    """Wrap `model` with LoRA adapters and train them on chat conversations (loss on answers only).
+
+    On a CUDA GPU this runs the fast path (`course_lib.fastpath`: packed batches, varlen attention, fused LoRA
+    layers, fused AdamW); elsewhere, or with `LoraSettings(fast=False)`, the Hugging Face Trainer with peft. Both
+    minimise the same loss with the same optimiser settings; `result.path` says which one ran.
+    """
     import torch
     from peft import get_peft_model
 
     settings = settings or LoraSettings()
     rows = to_rows(conversations, tokenizer, settings.max_length)  # fail on bad data before touching the model
+    fast, why = choose_path(model, settings)
+    if fast:
+        from .callbacks import NonFiniteLossError
+        from .fastpath import NonFiniteLoss, train_fast
+
+        if progress:
+            print(f"finetune_lora: fast path ({why}); LoraSettings(fast=False) runs the plain Trainer recipe")
+        try:
+            result = train_fast(model, tokenizer, rows, fast_settings_for(settings), progress=progress,
+                                desc="LoRA, fast path")
+        except NonFiniteLoss as error:
+            raise NonFiniteLossError(str(error), error.step, error.history) from error
+        return from_fast_result(result, why)
     peft_model = get_peft_model(model, lora_config_for(settings))
     on_gpu = next(model.parameters()).device.type == "cuda"
     config = TrainConfig(
@@ -246,4 +311,7 @@ def finetune_lora(
         warmup_steps=settings.warmup_steps, schedule="linear", weight_decay=0.0, max_length=settings.max_length,
         precision="bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32", seed=settings.seed,
     )
-    return train(peft_model, tokenizer, rows, config, progress=progress)
+    result = train(peft_model, tokenizer, rows, config, progress=progress,
+                   desc="LoRA, Trainer" + (" (fast=False)" if on_gpu else ""))
+    result.details["why"] = why
+    return result
