@@ -15,7 +15,8 @@ token-weighted loss, so their loss curves agree; the fast path just spends the G
 * no LoRA dropout (its random masks cost a pass over every activation and barely regularise short runs);
 * Liger's Triton kernels for RMSNorm/SwiGLU/RoPE when the `liger-kernel` package is installed (GPU only);
 * memory planned against a limit: QLoRA's dequantized weights cached in spare memory first, then gradient
-  checkpointing on only as many layers as the rest demands; `torch.compile` only when asked (unmeasured).
+  checkpointing on only as many layers as the rest demands; `torch.compile` only when asked (unmeasured:
+  on an H200 a 30-step run had not finished after 150 s).
 
 Measured on an H100 (tests/benchmarks/README.md): 3.5x the recipe's real tokens/s for LoRA on SmolLM2-1.7B,
 5.0x for QLoRA within 8 GiB, 3.7x on SmolLM2-135M, with the same held-out loss on the course task.
@@ -69,7 +70,8 @@ class FastSettings:
     dense_cache: bool = True  # 4-bit base: keep dequantized weights in whatever memory the limit leaves spare
     optimizer: str = "auto"  # "fused" AdamW, "paged8bit" (bitsandbytes), "plain", or auto
     liger: bool | str = "auto"
-    compile: bool | str = False  # torch.compile each decoder layer (dynamic shapes; turns Liger off): unmeasured
+    compile: bool | str = False  # torch.compile each decoder layer (dynamic shapes; turns Liger off); on an H200
+    # a 30-step run of the 135M shape had not finished after 150 s, so it has no measured speed
     log_every: int = 10  # show the loss every this many steps (each read waits for the GPU; all steps are kept)
     time_from_step: int | None = None  # benchmark: time steady-state throughput from this step on
 

@@ -306,6 +306,86 @@ def plot_curves(runs: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+# ---------------------------------------------------------------------------------------------------- profile
+
+
+def profile_fast(method: str, args, overrides: dict | None = None, steps: int = 6) -> None:
+    """torch.profiler over `steps` fast-path steps (after as many warm-up steps): CPU wall vs GPU busy time per step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from course_lib.fastpath import FastSettings, train_fast
+
+    shape, four_bit = METHODS[method]
+    model = build_model(shape, four_bit, "cuda", Path(args.cache))
+    rows = synthetic_rows(32 * steps, SHAPES[shape]["vocab_size"], seed=args.seed)
+    limit = {"memory_limit_gib": 7.5} if four_bit else {}
+    settings = FastSettings(steps=steps, batch_size=32, learning_rate=2e-4, warmup_steps=0, shuffle=False,
+                            max_length=512, **{**limit, **(overrides or {})})
+    train_fast(model, _Tok(), rows, settings, progress=False)  # warm-up: kernels compiled, allocator primed
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        result = train_fast(model, _Tok(), rows, settings, progress=False)
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.time_range.elapsed_us() for e in kernels) / 1e3  # ms
+    print(f"PROFILE {method} {overrides or {}}: wall {1e3 * result.seconds / steps:.1f} ms/step, GPU busy "
+          f"{busy / steps:.1f} ms/step, {len(kernels) / steps:.0f} kernels/step, "
+          f"{result.tokens / result.seconds:,.0f} tokens/s (setup included)", flush=True)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=60))
+    print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+
+
+# ---------------------------------------------------------------------------------------------------- finetune_lora
+
+
+def switch_check(args) -> list[dict]:
+    """`train.finetune_lora` on this device with the notebooks' settings, default (auto) and fast=False.
+
+    The course's default model on the course task, as notebook 00 runs it in the full profile: which path ran, wall
+    time, last training loss, held-out loss and exact match on test examples before and after.
+    """
+    import dataclasses
+
+    import torch
+
+    from course_lib import tasks
+    from course_lib.generation import chat_generate
+    from course_lib.metrics import exact_match_report
+    from course_lib.models import load_causal_lm
+    from course_lib.train import LoraSettings, finetune_lora
+
+    splits = tasks.make_splits(n_train=400, n_val=64, n_test=args.switch_test, seed=0)
+    train = [tasks.to_messages(e) for e in splits["train"]]
+    val = [tasks.to_messages(e) for e in splits["validation"]]
+    prompts = [tasks.prompt_messages(e) for e in splits["test"]]
+    references = [e.answer for e in splits["test"]]
+    settings = LoraSettings(steps=60, batch_size=8, seed=0)
+    runs = []
+    for dtype, fast in ((None, None), (None, False), (torch.float32, None), (torch.float32, False)):
+        model, tokenizer = load_causal_lm(dtype=dtype)
+        model_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        before = None
+        if not runs:
+            before = exact_match_report(chat_generate(model, tokenizer, prompts, max_new_tokens=64, progress=False),
+                                        references).accuracy
+        torch.manual_seed(0)
+        result = finetune_lora(model, tokenizer, train, dataclasses.replace(settings, fast=fast), progress=False)
+        after = exact_match_report(chat_generate(result.model, tokenizer, prompts, max_new_tokens=64, progress=False),
+                                   references).accuracy
+        row = {"dtype": model_dtype, "fast": fast, "path": result.path, "why": result.details.get("why"),
+               "seconds": result.seconds, "first_loss": result.losses[0], "last_loss": result.losses[-1],
+               "mean_last10": sum(result.losses[-10:]) / len(result.losses[-10:]), "val_loss": held_out_loss(result.model, tokenizer, val),
+               "exact_before": before, "exact_after": after, "steps": result.global_step,
+               "history_keys": sorted(result.history[0])}
+        print("SWITCH " + json.dumps(row), flush=True)
+        runs.append(row)
+        del model, result
+        torch.cuda.empty_cache()
+    return runs
+
+
 # ---------------------------------------------------------------------------------------------------- self-check
 
 
@@ -402,6 +482,9 @@ def main() -> None:
     parser.add_argument("--out", help="folder for results.json and loss_curves.png")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "course-bench"))
     parser.add_argument("--check", action="store_true", help="only check the fast path's kernels against references")
+    parser.add_argument("--profile", nargs="*", help="profile fast-path steps of these methods (torch.profiler)")
+    parser.add_argument("--switch", action="store_true", help="finetune_lora on this GPU: auto (fast) vs fast=False")
+    parser.add_argument("--switch-test", type=int, default=100, help="test examples for --switch's exact match")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -412,6 +495,23 @@ def main() -> None:
         print("RESULT " + json.dumps(run_one(method, path, args, overrides)), flush=True)
         return
 
+    if args.profile is not None:
+        for method in args.profile or list(METHODS):
+            for overrides in json.loads(args.variants):
+                profile_fast(method, args, overrides)
+        return
+    if args.switch:
+        runs = switch_check(args)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "switch.json").write_text(json.dumps(runs, indent=1))
+        print("\n| model dtype | LoraSettings.fast | path ran | seconds | last loss | held-out loss | exact match |")
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+        for r in runs:
+            print(f"| {r['dtype']} | {r['fast']} | {r['path']} | {r['seconds']:.1f} | {r['mean_last10']:.4f} | "
+                  f"{r['val_loss']:.4f} | {r['exact_after']:.0%} |")
+        print(f"exact match before training: {runs[0]['exact_before']:.0%}")
+        return
     if args.check:
         import torch
 
