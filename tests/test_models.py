@@ -80,3 +80,27 @@ def test_course_model_variable_chooses_the_default(monkeypatch):
         monkeypatch.setenv("COURSE_MODEL", wrong)
         with pytest.raises(ValueError, match=rf"\$COURSE_MODEL is '{wrong}'; expected one of .*smollm2-135m"):
             models.find_spec("default")
+
+
+def test_default_tokenizer_ends_assistant_turns_with_its_eos():
+    tokenizer = models.load_tokenizer("default")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
+                                        tokenize=True, return_dict=True)["input_ids"]
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.decode(ids).rstrip().endswith("ok" + tokenizer.eos_token)  # generation stops where training ends
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_a_cache_converted_with_the_wrong_eos_is_corrected(tmp_path, monkeypatch):
+    # transformers 5.17 converted SmolLM2's GGUF with eos <|im_start|>: generation then never stopped
+    import json
+    import shutil
+
+    source, _ = models.resolve("default")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy2(models.Path(source) / name, tmp_path / name)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["eos_token"] = "<|im_start|>"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(models, "resolve", lambda name: (str(tmp_path), {}))
+    assert models.load_tokenizer("default").eos_token == "<|im_end|>"
