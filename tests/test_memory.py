@@ -174,12 +174,13 @@ def saved_bytes(method, precision, layers, targets=memory.ALL_LINEAR, tokens=(2,
 
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), task_type="CAUSAL_LM"))
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
+    seen, alive = {}, []
 
     def pack(t):
         storage = t.untyped_storage()
         if storage.data_ptr() not in params:
             seen[storage.data_ptr()] = storage.nbytes()
+            alive.append(storage)  # a storage freed during the pass could hand its address to another: keep each
         return t
 
     ids = torch.randint(0, 256, tokens)
