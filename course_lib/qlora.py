@@ -133,6 +133,27 @@ def footprint(model) -> dict[str, int]:
     return {"4-bit weights": packed, "quantization constants": constants, "other parameters": other}
 
 
+def unpack_cpu_weights(model) -> int:
+    """Undo bitsandbytes' CPU inference packing of 4-bit weights; returns how many layers it unpacked.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight for its fast inference kernel the
+    first time the layer runs in eval mode without gradients (generating before training does that), and keeps
+    it packed when training resumes; the packed kernel then passes no gradient to the layer's input (seen with
+    bitsandbytes 0.50.2), so the adapters below it learn nothing useful and training diverges. Training must start
+    from the plain layout.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    unpacked = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, module.weight.quant_state)
+            unpacked += 1
+    return unpacked
+
+
 def finetune_qlora(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: LoraSettings | None = None,
                    optimizer: str | None = None, progress: bool = True) -> TrainResult:
     """Add LoRA adapters to a 4-bit model from `load_4bit` and train them on chat conversations.
@@ -149,6 +170,7 @@ def finetune_qlora(model, tokenizer, conversations: Sequence[Sequence[dict]], se
                          "for a 16/32-bit model use train.finetune_lora")
     settings = settings or LoraSettings()
     rows = to_rows(conversations, tokenizer, settings.max_length)  # fail on bad data before touching the model
+    unpack_cpu_weights(model)  # a generation before training may have packed them for inference
     peft_model = add_lora(model, r=settings.r, alpha=settings.alpha, targets=settings.target_modules,
                           dropout=settings.dropout)
     on_gpu = next(model.parameters()).device.type == "cuda"
