@@ -263,6 +263,10 @@ def _train_packed(model, rows: list[dict], settings: FastSettings, progress: boo
     if reason:
         raise ValueError(reason.replace("use the recipe", "use FastSettings(recipe=True)"))
     four_bit = is_4bit(model)
+    if four_bit:
+        from .qlora import unpack_cpu_weights
+
+        unpack_cpu_weights(model)  # the same bitsandbytes CPU packing that finetune_qlora undoes
     peft_model = attach_lora(model, settings)
     base = peft_model.get_base_model()
     dtype = compute_dtype(base)
