@@ -16,10 +16,14 @@ token-weighted loss, so their loss curves agree; the fast path just spends the G
 * Liger's Triton kernels for RMSNorm/SwiGLU/RoPE when the `liger-kernel` package is installed (GPU only);
 * memory planned against a limit: QLoRA's dequantized weights cached in spare memory first, then gradient
   checkpointing on only as many layers as the rest demands; `torch.compile` only when asked (unmeasured:
-  on an H200 a 30-step run had not finished after 150 s).
+  on an H200 a 30-step run had not finished after 150 s);
+* adapters, gradients and fp32 masters in one flat buffer each: the optimizer step is a handful of kernels;
+* each micro-batch's forward and backward replayed as a CUDA graph (`fast_graphs`), padded to one of a few sizes
+  chosen from the run's plan: the host no longer sets the pace.
 
-Measured on an H100 (tests/benchmarks/README.md): 3.5x the recipe's real tokens/s for LoRA on SmolLM2-1.7B,
-5.0x for QLoRA within 8 GiB, 3.7x on SmolLM2-135M, with the same held-out loss on the course task.
+Measured on an H200 (tests/benchmarks/README.md), same run, same data: 5.6x and 6.3x the recipe's real tokens/s for
+LoRA on SmolLM2-1.7B (56,600 tokens/s, 40 % MFU; the recipe itself varied from 9,000 to 11,500 between runs),
+9x for QLoRA at 6.7 GiB, 22x on SmolLM2-135M, with the same held-out loss on the course task.
 On a CPU everything still runs (fp32, per-example attention), which is what CI tests.
 """
 
@@ -72,6 +76,9 @@ class FastSettings:
     liger: bool | str = "auto"
     compile: bool | str = False  # torch.compile each decoder layer (dynamic shapes; turns Liger off); on an H200
     # a 30-step run of the 135M shape had not finished after 150 s, so it has no measured speed
+    cuda_graphs: bool | str = "auto"  # replay each micro-batch's forward+backward as a CUDA graph (fast_graphs);
+    # auto: on a GPU with flash attention and no dropout. True on a CPU runs the same padded shapes without graphs
+    max_graphs: int = 8  # at most this many graph sizes; micro-batches are padded up to the nearest
     log_every: int = 10  # show the loss every this many steps (each read waits for the GPU; all steps are kept)
     time_from_step: int | None = None  # benchmark: time steady-state throughput from this step on
 
@@ -193,13 +200,18 @@ def plan_memory(config, tokens: int, available: float, max_length: int) -> tuple
     return tokens, (layers - keep) / layers
 
 
-def set_checkpointing(model, how) -> float:
-    """Turn gradient checkpointing on for all layers (True), a leading fraction of them (a float), or none."""
+def set_checkpointing(model, how, preserve_rng: bool = True) -> float:
+    """Turn gradient checkpointing on for all layers (True), a leading fraction of them (a float), or none.
+
+    preserve_rng=False skips saving the random state for the recomputation: right when nothing random runs (no
+    dropout), and needed for CUDA graphs, which cannot read the generator's state while capturing.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     fraction = 1.0 if how is True else 0.0 if how is False else float(how)
     if fraction <= 0:
         return 0.0
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
+                                                                      "preserve_rng_state": preserve_rng})
     layers = list(base.get_decoder().layers)
     keep = round(fraction * len(layers))
     for layer in layers[keep:]:  # the last layers' activations are freed first in backward: keep them
@@ -287,6 +299,7 @@ def _train_packed(model, rows: list[dict], settings: FastSettings, progress: boo
             base.gradient_checkpointing_disable()
     if device.type == "cuda":
         details["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        details["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
     peft_model.eval()
     return FastResult(model=peft_model, history=history, seconds=seconds, tokens=tokens, path="fast", details=details)
 
@@ -332,7 +345,8 @@ def _plan_memory(peft_model, rows, plan, settings: FastSettings, device, details
             available -= used
         tokens, fraction = plan_memory(base.config, tokens, available, settings.max_length)
         details["memory_limit_gib"] = limit / 2**30
-    details["checkpointed_layers"] = set_checkpointing(peft_model, _choose(settings.gradient_checkpointing, fraction))
+    details["checkpointed_layers"] = set_checkpointing(peft_model, _choose(settings.gradient_checkpointing, fraction),
+                                                       preserve_rng=bool(settings.dropout))
     details["max_tokens"] = max_tokens = max(tokens, settings.max_length)
     return max_tokens
 
@@ -351,30 +365,38 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
     master = MasterWeights(peft_model.parameters(), make_adamw(kind, settings.learning_rate, settings.weight_decay))
     scheduler = get_scheduler(settings.schedule, master.optimizer, num_warmup_steps=settings.warmup_steps,
                               num_training_steps=settings.steps)
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats(device)
+    groups = [plan_step(rows, indices, max_tokens) for indices in plan]  # every micro-batch of the run, as rows
     bar = _progress_bar(progress, settings.steps, desc)
     step_losses, step_tokens, step_norms, step_lrs = [], [], [], []
     timed_start = timed_tokens = None
     peft_model.train()
     started = time.perf_counter()
     try:
-        for step, indices in enumerate(plan, start=1):
+        if on_gpu:  # the peak includes capturing the graphs: their memory stays reserved while they replay
+            torch.cuda.reset_peak_memory_stats(device)
+        static = _static_steps(decoder, head, groups, settings, device, details)
+        for step, micro_rows in enumerate(groups, start=1):
             if settings.time_from_step is not None and step == settings.time_from_step:
                 if on_gpu:
                     torch.cuda.synchronize(device)
                 timed_start, timed_tokens = time.perf_counter(), 0
-            micro = [pack_rows(group) for group in plan_step(rows, indices, max_tokens)]
+            micro = [pack_rows(group) for group in micro_rows]
             n_learned = sum(b.label_tokens for b in micro)
-            loss_sum = torch.zeros((), device=device)
-            for batch in micro:
-                batch = batch.to(device)
-                out = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
-                              **packed_kwargs(batch))
-                hidden = out.last_hidden_state[0].index_select(0, batch.target_index)
-                part = linear_cross_entropy_sum(hidden, head.weight, batch.targets)
-                (part / n_learned).backward()  # token-weighted over the whole step, like the Trainer's loss
-                loss_sum += part.detach()
+            if static is not None:
+                static.begin_step(n_learned)
+                for batch in micro:
+                    static.run(batch)
+                loss_sum = static.loss.clone()
+            else:
+                loss_sum = torch.zeros((), device=device)
+                for batch in micro:
+                    batch = batch.to(device)
+                    out = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                                  **packed_kwargs(batch))
+                    hidden = out.last_hidden_state[0].index_select(0, batch.target_index)
+                    part = linear_cross_entropy_sum(hidden, head.weight, batch.targets)
+                    (part / n_learned).backward()  # token-weighted over the whole step, like the Trainer's loss
+                    loss_sum += part.detach()
             step_lrs.append(scheduler.get_last_lr()[0])  # the rate this step uses, as the Trainer logs it
             step_norms.append(master.clip_and_step(settings.max_grad_norm))  # norm before clipping
             scheduler.step()
@@ -403,7 +425,53 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
     finally:
         if bar is not None:
             bar.close()
+        master.release()
+        if details.get("graphs", {}).get("graphs"):
+            details["graphs"] = {**details["graphs"], **static.summary()}
     return _history(step_losses, step_tokens, step_norms, step_lrs), seconds, sum(step_tokens)
+
+
+def graphs_reason(settings: FastSettings, device, details: dict) -> str | None:
+    """Why a run cannot replay CUDA graphs (None when it can): each reason would break capture or change results."""
+    import torch
+
+    from .fast_ops import _flash_capable, _varlen_fn
+
+    if device.type != "cuda":
+        return "not on a CUDA GPU"
+    if settings.dropout:
+        return "LoRA dropout draws random masks (graphs would replay the same ones)"
+    if details.get("compiled"):
+        return "torch.compile'd layers"
+    if _varlen_fn() is None or not _flash_capable(device) or details.get("dtype") not in ("bfloat16", "float16"):
+        return "no flash varlen attention here (the per-example fallback reads lengths on the host)"
+    return None
+
+
+def _static_steps(decoder, head, groups, settings: FastSettings, device, details: dict):
+    """The fixed-shape micro-batches of `fast_graphs`, captured as CUDA graphs where they can be; None: run eagerly."""
+    import torch
+
+    from .fast_graphs import StaticSteps, shape_of
+
+    wanted = _choose(settings.cuda_graphs, device.type == "cuda")
+    if not wanted:
+        details["graphs"] = {"graphs": 0, "why": "switched off"}
+        return None
+    reason = graphs_reason(settings, device, details)
+    if reason and device.type == "cuda":
+        details["graphs"] = {"graphs": 0, "why": reason}
+        return None
+    shapes = [shape_of(group) for step in groups for group in step]
+    static = StaticSteps(decoder, head, shapes, max_graphs=settings.max_graphs, capture=device.type == "cuda")
+    try:
+        static.capture_all([group for step in groups for group in step])
+    except Exception as err:  # a kernel that cannot be captured: train eagerly, and say why
+        torch.cuda.synchronize(device)
+        details["graphs"] = {"graphs": 0, "why": f"capture failed: {type(err).__name__}: {err}"[:300]}
+        return None
+    details["graphs"] = static.summary()
+    return static
 
 
 def _history(losses, tokens, norms, lrs) -> list[dict]:
