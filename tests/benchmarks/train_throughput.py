@@ -182,7 +182,10 @@ def run_one(method: str, path: str, args, overrides: dict | None = None) -> dict
     tps = result.tokens_per_second
     flops = flops_per_token(shape, settings.r, mean_context([len(r["input_ids"]) for r in rows]))
     peak = peak_flops()
+    if torch.cuda.is_available():  # what the allocator held at most, cached blocks and CUDA-graph pools included
+        result.details["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     out = {"method": method, "path": path, "tokens_per_s": tps, "peak_gib": result.details.get("peak_gib"),
+           "peak_reserved_gib": result.details.get("peak_reserved_gib"),
            "mfu": tps * flops / peak if peak else None, "final_loss": result.losses[-1] if result.losses else None,
            "steps": steps, "timed_tokens": result.details.get("timed_tokens"),
            "details": {k: v for k, v in result.details.items() if k != "all_losses"}, "overrides": overrides or {}}
@@ -324,7 +327,7 @@ def profile_fast(method: str, args, overrides: dict | None = None, steps: int = 
                             max_length=512, **{**limit, **(overrides or {})})
     train_fast(model, _Tok(), rows, settings, progress=False)  # warm-up: kernels compiled, allocator primed
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=args.profile_rows > 12) as prof:
         result = train_fast(model, _Tok(), rows, settings, progress=False)
         torch.cuda.synchronize()
     events = prof.key_averages()
@@ -334,7 +337,11 @@ def profile_fast(method: str, args, overrides: dict | None = None, steps: int = 
           f"{busy / steps:.1f} ms/step, {len(kernels) / steps:.0f} kernels/step, "
           f"{result.tokens / result.seconds:,.0f} tokens/s (setup included)", flush=True)
     print(events.table(sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=60))
-    print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+    print(events.table(sort_by="self_device_time_total", row_limit=args.profile_rows, max_name_column_width=60))
+    if args.profile_rows > 12:  # which shapes the time goes to
+        by_shape = prof.key_averages(group_by_input_shape=True)
+        print(by_shape.table(sort_by="self_device_time_total", row_limit=args.profile_rows, max_name_column_width=40,
+                             max_shapes_column_width=90))
 
 
 # ---------------------------------------------------------------------------------------------------- finetune_lora
@@ -451,8 +458,9 @@ def table(results: list[dict]) -> str:
     def fmt(value, spec, unit=""):
         return format(value, spec) + unit if isinstance(value, (int, float)) else "n/a"
 
-    lines = ["| method | recipe tokens/s | recipe peak GiB | recipe MFU | fast tokens/s | fast peak GiB | fast MFU | ratio |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| method | recipe tokens/s | recipe peak GiB | recipe MFU | fast tokens/s | fast peak GiB | fast MFU | ratio "
+             "| recipe / fast reserved GiB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     methods = list(dict.fromkeys(r["method"] for r in results))
     for method in methods:
         recipe = next((r for r in results if r["method"] == method and r["path"] == "recipe"), {})
@@ -463,7 +471,8 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {label} | {fmt(recipe.get('tokens_per_s'), ',.0f')} | {fmt(recipe.get('peak_gib'), '.1f')} | "
                          f"{fmt(recipe.get('mfu') and 100 * recipe['mfu'], '.1f', '%')} | {fmt(fast.get('tokens_per_s'), ',.0f')} | "
                          f"{fmt(fast.get('peak_gib'), '.1f')} | {fmt(fast.get('mfu') and 100 * fast['mfu'], '.1f', '%')} | "
-                         f"{fmt(ratio, '.1f')}x |")
+                         f"{fmt(ratio, '.1f')}x | {fmt(recipe.get('peak_reserved_gib'), '.1f')} / "
+                         f"{fmt(fast.get('peak_reserved_gib'), '.1f')} |")
     return "\n".join(lines)
 
 
@@ -483,6 +492,7 @@ def main() -> None:
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "course-bench"))
     parser.add_argument("--check", action="store_true", help="only check the fast path's kernels against references")
     parser.add_argument("--profile", nargs="*", help="profile fast-path steps of these methods (torch.profiler)")
+    parser.add_argument("--profile-rows", type=int, default=12, help="rows of the profile's GPU table (more: by shape)")
     parser.add_argument("--switch", action="store_true", help="finetune_lora on this GPU: auto (fast) vs fast=False")
     parser.add_argument("--switch-test", type=int, default=100, help="test examples for --switch's exact match")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
