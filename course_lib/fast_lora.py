@@ -9,6 +9,10 @@ gradient and A's gradient, and nothing but x and the rank-r activation is saved.
 `fuse_lora(model)` swaps the forward of each plain LoRA layer (one active adapter, no dropout, no DoRA) for this
 one; the adapters stay peft's parameters, so saving, merging and the optimizer see nothing different, and
 `unfuse_lora` puts peft's forward back.
+
+`group_lora(model)` goes one step further for layers that read the same input (q/k/v, gate/up): the first of a
+group computes all their outputs in one autograd function (one matmul for all the A matrices, one input gradient)
+and leaves the others theirs, which they hand back when called with that same input.
 """
 
 from __future__ import annotations
@@ -94,6 +98,114 @@ def _fused_forward(self, x, *args, **kwargs):
     return lora_linear(x, self.get_base_layer(), A, B, self.scaling[adapter])
 
 
+def _group_function():
+    import torch
+
+    class LoraGroup(torch.autograd.Function):
+        """LoRA linears that read the same input (q/k/v, gate/up) in one function: x is read once for all their A
+        matmuls, and the input gradient is one tensor the group adds into, not one per layer summed by autograd."""
+
+        @staticmethod
+        def forward(ctx, x, bases, scalings, *params):
+            shape = x.shape
+            x2 = x.reshape(-1, shape[-1])
+            As, Bs = params[0::2], params[1::2]
+            A = torch.cat(As)  # [sum of ranks, in]: a few thousand values
+            a = x2 @ A.t()
+            outs, start = [], 0
+            for base, B, s in zip(bases, Bs, scalings):
+                r = B.shape[1]
+                weight = _base_weight(base, x.dtype)
+                y = x2 @ weight.t() if base.bias is None else torch.addmm(base.bias.to(x.dtype), x2, weight.t())
+                y.addmm_(a[:, start:start + r], B.t(), alpha=s)
+                outs.append(y.view(*shape[:-1], y.shape[-1]))
+                start += r
+            ctx.save_for_backward(x2, a, A, *Bs)
+            ctx.bases, ctx.scalings, ctx.shape = bases, scalings, shape
+            return tuple(outs)
+
+        @staticmethod
+        def backward(ctx, *grads):
+            x2, a, A, *Bs = ctx.saved_tensors
+            gs = [None if g is None else g.reshape(-1, g.shape[-1]) for g in grads]
+            gb = torch.zeros(x2.shape[0], A.shape[0], dtype=x2.dtype, device=x2.device)  # s * g @ B, side by side
+            start, dBs = 0, []
+            for g, B, s in zip(gs, Bs, ctx.scalings):
+                r = B.shape[1]
+                if g is not None:
+                    torch.mul(g @ B, s, out=gb[:, start:start + r])
+                    dBs.append((g.t() @ a[:, start:start + r]).mul_(s))
+                else:
+                    dBs.append(torch.zeros_like(B))
+                start += r
+            dx = None
+            if ctx.needs_input_grad[0]:
+                for g, base in zip(gs, ctx.bases):
+                    if g is None:
+                        continue
+                    weight = _base_weight(base, g.dtype)
+                    dx = g @ weight if dx is None else dx.addmm_(g, weight)
+                dx = gb @ A if dx is None else dx.addmm_(gb, A)
+                dx = dx.view(ctx.shape)
+            dA = gb.t() @ x2
+            dAs = dA.split([B.shape[1] for B in Bs])
+            return (dx, None, None, *[t for pair in zip(dAs, dBs) for t in pair])
+
+    return LoraGroup
+
+
+_GROUP_FN = None
+GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # called in this order by Llama-family layers
+
+
+def _leader_forward(self, x, *args, **kwargs):
+    """The first layer of a group computes every layer's output; the others find theirs waiting."""
+    global _GROUP_FN
+    if _GROUP_FN is None:
+        _GROUP_FN = _group_function()
+    members = self.__dict__["_course_group"]
+    given = x
+    A0 = members[0].lora_A[members[0].active_adapters[0]].weight
+    if x.dtype != A0.dtype:
+        x = x.to(A0.dtype)
+    params, bases, scalings = [], [], []
+    for m in members:
+        name = m.active_adapters[0]
+        params += [m.lora_A[name].weight, m.lora_B[name].weight]
+        bases.append(m.get_base_layer())
+        scalings.append(float(m.scaling[name]))
+    outs = _GROUP_FN.apply(x, bases, scalings, *params)
+    for m, out in zip(members[1:], outs[1:]):
+        m.__dict__["_course_pending"] = (given, out)
+    return outs[0]
+
+
+def _follower_forward(self, x, *args, **kwargs):
+    pending = self.__dict__.pop("_course_pending", None)
+    if pending is not None and pending[0] is x:  # the very input the leader saw
+        return pending[1]
+    return _fused_forward(self, x, *args, **kwargs)  # called on its own: compute alone
+
+
+def group_lora(model) -> int:
+    """Run q/k/v and gate/up of each layer as one LoRA group (see LoraGroup) where all are fused; returns the count."""
+    count = 0
+    for parent in model.modules():
+        for names in GROUPS:
+            members = [getattr(parent, n, None) for n in names]
+            if not all(getattr(getattr(m, "forward", None), "__func__", None) is _fused_forward for m in members):
+                continue
+            dtypes = {m.lora_A[m.active_adapters[0]].weight.dtype for m in members}
+            if len(dtypes) != 1:
+                continue
+            members[0].__dict__["_course_group"] = members
+            members[0].forward = MethodType(_leader_forward, members[0])
+            for m in members[1:]:
+                m.forward = MethodType(_follower_forward, m)
+            count += 1
+    return count
+
+
 def can_fuse(module) -> bool:
     """True for a peft LoRA layer this module can run: one active adapter, no dropout, no DoRA/variants, not merged."""
     import torch
@@ -128,10 +240,12 @@ def fuse_lora(model) -> int:
 
 def unfuse_lora(model) -> None:
     """Put peft's own forward back on every layer `fuse_lora` changed, and drop any dequantized weights."""
+    ours = (_fused_forward, _leader_forward, _follower_forward)
     for module in model.modules():
-        if "forward" in module.__dict__ and getattr(module.forward, "__func__", None) is _fused_forward:
+        if "forward" in module.__dict__ and getattr(module.forward, "__func__", None) in ours:
             del module.forward
-        module.__dict__.pop("_course_dense", None)
+        for key in ("_course_dense", "_course_group", "_course_pending"):
+            module.__dict__.pop(key, None)
 
 
 def cache_dense_weights(model, budget_bytes: float, dtype) -> int:
@@ -143,7 +257,7 @@ def cache_dense_weights(model, budget_bytes: float, dtype) -> int:
     """
     used = 0
     for module in model.modules():
-        if getattr(module.forward, "__func__", None) is not _fused_forward:
+        if getattr(module.forward, "__func__", None) not in (_fused_forward, _leader_forward, _follower_forward):
             continue
         base = module.get_base_layer()
         if getattr(base.weight, "quant_state", None) is None:

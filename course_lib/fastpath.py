@@ -17,13 +17,14 @@ token-weighted loss, so their loss curves agree; the fast path just spends the G
 * memory planned against a limit: QLoRA's dequantized weights cached in spare memory first, then gradient
   checkpointing on only as many layers as the rest demands; `torch.compile` only when asked (unmeasured:
   on an H200 a 30-step run had not finished after 150 s);
+* q/k/v and gate/up as one LoRA group each (`fast_lora.group_lora`): their shared input read once;
 * adapters, gradients and fp32 masters in one flat buffer each: the optimizer step is a handful of kernels;
 * each micro-batch's forward and backward replayed as a CUDA graph (`fast_graphs`), padded to one of a few sizes
   chosen from the run's plan: the host no longer sets the pace.
 
-Measured on an H200 (tests/benchmarks/README.md), same run, same data: 5.6x and 6.3x the recipe's real tokens/s for
-LoRA on SmolLM2-1.7B (56,600 tokens/s, 40 % MFU; the recipe itself varied from 9,000 to 11,500 between runs),
-9x for QLoRA at 6.7 GiB, 22x on SmolLM2-135M, with the same held-out loss on the course task.
+Measured on an H200 (tests/benchmarks/README.md), same data: 58,300 real tokens/s for LoRA on SmolLM2-1.7B
+(41 % MFU), 5.0x to 6.5x the recipe (which varied from 9,000 to 11,600 tokens/s between runs), about 9x for QLoRA
+at a 6.7 GiB peak, over 20x on SmolLM2-135M, with the same held-out loss on the course task.
 On a CPU everything still runs (fp32, per-example attention), which is what CI tests.
 """
 
@@ -38,7 +39,7 @@ from .fast_ops import (
     MasterWeights, apply_liger, linear_cross_entropy_sum, liger_available, make_adamw, packed_kwargs,
     register_attention,
 )
-from .fast_lora import cache_dense_weights, fuse_lora, unfuse_lora
+from .fast_lora import cache_dense_weights, fuse_lora, group_lora, unfuse_lora
 from .fast_packing import pack_rows, plan_step, step_batches
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -71,6 +72,7 @@ class FastSettings:
     memory_limit_gib: float | None = None  # GPU memory to stay under (default: 85 % of the GPU)
     gradient_checkpointing: bool | float | str = "auto"  # auto: only as many layers as memory demands
     fused_lora: bool = True  # run LoRA layers through fast_lora (needs dropout 0)
+    grouped_lora: bool = True  # and q/k/v, gate/up of a layer as one group: their shared input read once
     dense_cache: bool = True  # 4-bit base: keep dequantized weights in whatever memory the limit leaves spare
     optimizer: str = "auto"  # "fused" AdamW, "paged8bit" (bitsandbytes), "plain", or auto
     liger: bool | str = "auto"
@@ -309,6 +311,7 @@ def _speed_up(peft_model, settings: FastSettings, device, details: dict) -> None
     base = peft_model.get_base_model()
     on_gpu = device.type == "cuda"
     details["fused_lora_layers"] = fuse_lora(peft_model) if settings.fused_lora else 0
+    details["lora_groups"] = group_lora(peft_model) if settings.fused_lora and settings.grouped_lora else 0
     compiling = bool(_choose(settings.compile, False)) and on_gpu
     # Liger's autograd functions broke torch.compile's tracer (torch 2.11): compiled layers use plain PyTorch ops
     llama = getattr(base.config, "model_type", None) == "llama"  # Liger's patch here is the Llama one

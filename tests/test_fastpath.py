@@ -259,7 +259,7 @@ def forward_and_grads(model, ids):
 
 @pytest.mark.parametrize("four_bit", [False, True])
 def test_fused_lora_matches_peft(tiny_llama, tmp_path, four_bit):
-    from course_lib.fast_lora import cache_dense_weights, fuse_lora, unfuse_lora
+    from course_lib.fast_lora import cache_dense_weights, fuse_lora, group_lora, unfuse_lora
 
     if four_bit:  # a real bitsandbytes NF4 base, as QLoRA loads it
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -284,13 +284,35 @@ def test_fused_lora_matches_peft(tiny_llama, tmp_path, four_bit):
     got_logits, got = forward_and_grads(model, ids)
     assert torch.allclose(got_logits, want_logits, atol=1e-5)
     assert want.keys() == got.keys() and all(torch.allclose(got[n], want[n], atol=1e-5, rtol=1e-4) for n in want)
+    assert group_lora(model) == 2 * 2  # q/k/v and gate/up of both layers
+    grouped_logits, grouped = forward_and_grads(model, ids)
+    assert torch.allclose(grouped_logits, want_logits, atol=1e-5)
+    # the same sums in another order: equal to fp32 rounding, relative to each gradient's size
+    assert all((grouped[n] - want[n]).norm() <= 1e-5 * want[n].norm() + 1e-7 for n in want)
     if four_bit:  # dequantized once and cached: the very same numbers
         assert cache_dense_weights(model, 1e12, torch.float32) > 0
         cached_logits, cached = forward_and_grads(model, ids)
         assert torch.allclose(cached_logits, want_logits, atol=1e-5)
         assert all(torch.allclose(cached[n], want[n], atol=1e-5, rtol=1e-4) for n in want)
     unfuse_lora(model)
-    assert all("forward" not in m.__dict__ and "_course_dense" not in m.__dict__ for m in model.modules())
+    assert all(not {"forward", "_course_dense", "_course_group", "_course_pending"} & m.__dict__.keys()
+               for m in model.modules())
+
+
+def test_grouped_lora_layer_called_alone_computes_alone(tiny_llama):
+    """A follower (k_proj) called without its leader's pass, or with another input, still gives its own output."""
+    from course_lib.fast_lora import fuse_lora, group_lora
+
+    model = lora_model(tiny_llama).train()
+    attn = model.get_base_model().model.layers[0].self_attn
+    x = torch.randn(2, 5, 32)
+    want_k = attn.k_proj(x)
+    fuse_lora(model)
+    group_lora(model)
+    assert torch.allclose(attn.k_proj(x), want_k, atol=1e-6)  # nothing pending
+    attn.q_proj(x)
+    assert torch.allclose(attn.k_proj(x.clone()), want_k, atol=1e-6)  # another tensor: computed, not taken
+    assert "_course_pending" not in attn.k_proj.__dict__
 
 
 def test_fused_lora_leaves_dropout_layers_to_peft(tiny_llama):
@@ -318,13 +340,17 @@ def test_switches_do_not_change_the_maths(tiny_llama, tokenizer):
     conversations = [tasks.to_messages(e) for e in tasks.generate(6, seed=2)]
     base = FastSettings(steps=2, batch_size=6, learning_rate=1e-2, warmup_steps=0, max_length=128)
     runs = {}
-    for name, changes in {"fused": {}, "peft": {"fused_lora": False}, "checkpointed": {"gradient_checkpointing": 0.5}}.items():
+    variants = {"fused": {}, "peft": {"fused_lora": False}, "checkpointed": {"gradient_checkpointing": 0.5},
+                "ungrouped": {"grouped_lora": False}}
+    for name, changes in variants.items():
         result = train_fast(copy.deepcopy(tiny_llama), tokenizer, conversations, base.replace(**changes), progress=False)
         runs[name] = result
     assert runs["fused"].details["fused_lora_layers"] == 14 and runs["peft"].details["fused_lora_layers"] == 0
     assert runs["checkpointed"].details["checkpointed_layers"] == 0.5
     assert runs["peft"].losses == pytest.approx(runs["fused"].losses, rel=1e-5)
     assert runs["checkpointed"].losses == pytest.approx(runs["fused"].losses, rel=1e-5)
+    assert runs["fused"].details["lora_groups"] == 4 and runs["ungrouped"].details["lora_groups"] == 0
+    assert runs["ungrouped"].losses == pytest.approx(runs["fused"].losses, rel=1e-5)
     # the model leaves without patches: peft's forward back, checkpointing off
     model = runs["checkpointed"].model
     assert not any("forward" in m.__dict__ for m in model.modules())
