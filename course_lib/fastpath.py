@@ -436,8 +436,6 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
 
 def graphs_reason(settings: FastSettings, device, details: dict) -> str | None:
     """Why a run cannot replay CUDA graphs (None when it can): each reason would break capture or change results."""
-    import torch
-
     from .fast_ops import _flash_capable, _varlen_fn
 
     if device.type != "cuda":
