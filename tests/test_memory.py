@@ -173,7 +173,10 @@ def saved_bytes(method, precision, layers, targets=memory.ALL_LINEAR, tokens=(2,
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), task_type="CAUSAL_LM"))
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    # bitsandbytes repacks some 4-bit weights for the CPU in the first forward and frees the old storage; holding
+    # every parameter's storage stops an activation from taking its address and being skipped as a parameter
+    held = [p.untyped_storage() for p in model.parameters()]
+    params = {s.data_ptr() for s in held}
     seen, alive = {}, []
 
     def pack(t):
