@@ -10,9 +10,10 @@ gradient and A's gradient, and nothing but x and the rank-r activation is saved.
 one; the adapters stay peft's parameters, so saving, merging and the optimizer see nothing different, and
 `unfuse_lora` puts peft's forward back.
 
-`group_lora(model)` goes one step further for layers that read the same input (q/k/v, gate/up): the first of a
-group computes all their outputs in one autograd function (one matmul for all the A matrices, one input gradient)
-and leaves the others theirs, which they hand back when called with that same input.
+One autograd function serves any group of layers that read the same input; a lone layer is a group of one.
+`group_lora(model)` groups q/k/v and gate/up: the first of a group computes all their outputs (one matmul for all
+the A matrices, one input gradient) and leaves the others theirs, which they hand back when called with that same
+input.
 """
 
 from __future__ import annotations
@@ -42,82 +43,27 @@ def _unpack_cpu_layout(weight) -> None:
         weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
 
 
-def _lora_function():
-    import torch
-
-    class LoraLinear(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, A, B, base, scaling):
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1])
-            weight = _base_weight(base, x.dtype)
-            bias = base.bias
-            y = x2 @ weight.t() if bias is None else torch.addmm(bias.to(x.dtype), x2, weight.t())
-            a = x2 @ A.t()  # [tokens, r]
-            y.addmm_(a, B.t(), alpha=scaling)  # y += s * a @ B^T, in the matmul's epilogue: no extra pass
-            ctx.save_for_backward(x2, a, A, B)
-            ctx.base, ctx.scaling = base, scaling
-            return y.view(*shape[:-1], y.shape[-1])
-
-        @staticmethod
-        def backward(ctx, grad):
-            x2, a, A, B = ctx.saved_tensors
-            s = ctx.scaling
-            g = grad.reshape(-1, grad.shape[-1])
-            gb = g @ B  # [tokens, r]: shared by the input gradient and A's gradient
-            dx = dA = dB = None
-            if ctx.needs_input_grad[0]:
-                dx = g @ _base_weight(ctx.base, g.dtype)
-                dx.addmm_(gb, A, alpha=s)
-                dx = dx.view(*grad.shape[:-1], dx.shape[-1])
-            if ctx.needs_input_grad[1]:
-                dA = (gb.t() @ x2).mul_(s)
-            if ctx.needs_input_grad[2]:
-                dB = (g.t() @ a).mul_(s)
-            return dx, dA, dB, None, None
-
-    return LoraLinear
-
-
-_FN = None
-
-
-def lora_linear(x, base, A, B, scaling: float):
-    """base(x) + scaling * x A^T B^T with a fused backward (base: nn.Linear or bitsandbytes Linear4bit)."""
-    global _FN
-    if _FN is None:
-        _FN = _lora_function()
-    return _FN.apply(x, A, B, base, float(scaling))
-
-
-def _fused_forward(self, x, *args, **kwargs):
-    adapter = self.active_adapters[0]
-    A, B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
-    if x.dtype != A.dtype:
-        x = x.to(A.dtype)
-    return lora_linear(x, self.get_base_layer(), A, B, self.scaling[adapter])
-
-
 def _group_function():
     import torch
 
     class LoraGroup(torch.autograd.Function):
-        """LoRA linears that read the same input (q/k/v, gate/up) in one function: x is read once for all their A
-        matmuls, and the input gradient is one tensor the group adds into, not one per layer summed by autograd."""
+        """LoRA linears that read the same input in one function: x is read once for all their A matmuls, the scale
+        and add ride on `addmm`, g @ B serves both the input gradient and A's gradient, and the input gradient is
+        one tensor the group adds into. Only x and the rank-r activations are saved."""
 
         @staticmethod
         def forward(ctx, x, bases, scalings, *params):
             shape = x.shape
             x2 = x.reshape(-1, shape[-1])
             As, Bs = params[0::2], params[1::2]
-            A = torch.cat(As)  # [sum of ranks, in]: a few thousand values
+            A = As[0] if len(As) == 1 else torch.cat(As)  # [sum of ranks, in]: a few thousand values
             a = x2 @ A.t()
             outs, start = [], 0
             for base, B, s in zip(bases, Bs, scalings):
                 r = B.shape[1]
                 weight = _base_weight(base, x.dtype)
                 y = x2 @ weight.t() if base.bias is None else torch.addmm(base.bias.to(x.dtype), x2, weight.t())
-                y.addmm_(a[:, start:start + r], B.t(), alpha=s)
+                y.addmm_(a[:, start:start + r], B.t(), alpha=s)  # y += s * a @ B^T in the matmul: no extra pass
                 outs.append(y.view(*shape[:-1], y.shape[-1]))
                 start += r
             ctx.save_for_backward(x2, a, A, *Bs)
@@ -128,7 +74,8 @@ def _group_function():
         def backward(ctx, *grads):
             x2, a, A, *Bs = ctx.saved_tensors
             gs = [None if g is None else g.reshape(-1, g.shape[-1]) for g in grads]
-            gb = torch.zeros(x2.shape[0], A.shape[0], dtype=x2.dtype, device=x2.device)  # s * g @ B, side by side
+            make = torch.empty if all(g is not None for g in gs) else torch.zeros  # an unused output adds nothing
+            gb = make(x2.shape[0], A.shape[0], dtype=x2.dtype, device=x2.device)  # s * g @ B, side by side
             start, dBs = 0, []
             for g, B, s in zip(gs, Bs, ctx.scalings):
                 r = B.shape[1]
@@ -154,29 +101,44 @@ def _group_function():
     return LoraGroup
 
 
-_GROUP_FN = None
+_FN = None
+
+
+def lora_linears(x, bases, As, Bs, scalings) -> tuple:
+    """base_i(x) + s_i * x A_i^T B_i^T for layers that read the same x (bases: nn.Linear or bitsandbytes Linear4bit)."""
+    global _FN
+    if _FN is None:
+        _FN = _group_function()
+    params = [t for pair in zip(As, Bs) for t in pair]
+    return _FN.apply(x, tuple(bases), tuple(float(s) for s in scalings), *params)
+
+
+def lora_linear(x, base, A, B, scaling: float):
+    """base(x) + scaling * x A^T B^T with a fused backward: a group of one."""
+    return lora_linears(x, [base], [A], [B], [scaling])[0]
+
+
+def _parts(layer) -> tuple:
+    """A peft LoRA layer's base layer, A and B weights and scale for its one active adapter."""
+    name = layer.active_adapters[0]
+    return layer.get_base_layer(), layer.lora_A[name].weight, layer.lora_B[name].weight, float(layer.scaling[name])
+
+
+def _fused_forward(self, x, *args, **kwargs):
+    base, A, B, scaling = _parts(self)
+    return lora_linear(x if x.dtype == A.dtype else x.to(A.dtype), base, A, B, scaling)
+
+
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # called in this order by Llama-family layers
 
 
 def _leader_forward(self, x, *args, **kwargs):
     """The first layer of a group computes every layer's output; the others find theirs waiting."""
-    global _GROUP_FN
-    if _GROUP_FN is None:
-        _GROUP_FN = _group_function()
     members = self.__dict__["_course_group"]
-    given = x
-    A0 = members[0].lora_A[members[0].active_adapters[0]].weight
-    if x.dtype != A0.dtype:
-        x = x.to(A0.dtype)
-    params, bases, scalings = [], [], []
-    for m in members:
-        name = m.active_adapters[0]
-        params += [m.lora_A[name].weight, m.lora_B[name].weight]
-        bases.append(m.get_base_layer())
-        scalings.append(float(m.scaling[name]))
-    outs = _GROUP_FN.apply(x, bases, scalings, *params)
+    bases, As, Bs, scalings = zip(*(_parts(m) for m in members))
+    outs = lora_linears(x if x.dtype == As[0].dtype else x.to(As[0].dtype), bases, As, Bs, scalings)
     for m, out in zip(members[1:], outs[1:]):
-        m.__dict__["_course_pending"] = (given, out)
+        m.__dict__["_course_pending"] = (x, out)
     return outs[0]
 
 
