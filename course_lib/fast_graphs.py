@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .fast_ops import linear_cross_entropy_sum
+from .fast_ops import forward_backward
 from .fast_packing import IGNORE_INDEX, PackedBatch, pack_rows
 
 ALIGN = 64  # bucket sizes are multiples of this: tensor-core friendly, and one Triton specialisation for all
@@ -215,13 +215,10 @@ class StaticSteps:
 
         ids, positions, index, targets, cu = bucket.split()
         cu = cu.to(torch.int32)
-        out = self.decoder(input_ids=ids.view(1, -1), position_ids=positions.view(1, -1), use_cache=False,
-                           cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=bucket.max_seqlen,
-                           max_length_k=bucket.max_seqlen)
-        hidden = out.last_hidden_state[0].index_select(0, index)
-        part = linear_cross_entropy_sum(hidden, self.head.weight, targets, ignore_index=IGNORE_INDEX)
-        (part * self.inv_n).backward()
-        self.loss.add_(part.detach().float())
+        part = forward_backward(self.decoder, self.head, ids.view(1, -1), positions.view(1, -1), index, targets,
+                                self.inv_n, IGNORE_INDEX, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                max_length_q=bucket.max_seqlen, max_length_k=bucket.max_seqlen)
+        self.loss.add_(part.float())
 
     def run(self, batch: PackedBatch) -> None:
         """Train on one micro-batch: fill its bucket's buffer, then replay the graph (or run eagerly)."""

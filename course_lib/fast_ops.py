@@ -182,6 +182,16 @@ def linear_cross_entropy_sum(hidden, weight, targets, chunk: int | None = None, 
     return _LCE.apply(hidden, weight, targets, chunk, ignore_index)
 
 
+def forward_backward(decoder, head, input_ids, position_ids, target_index, targets, scale, ignore_index=None,
+                     **attention):
+    """One packed micro-batch: forward, summed loss at `target_index`, backward of loss x `scale`; returns the sum."""
+    out = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention)
+    hidden = out.last_hidden_state[0].index_select(0, target_index)
+    part = linear_cross_entropy_sum(hidden, head.weight, targets, ignore_index=ignore_index)
+    (part * scale).backward()  # scale: 1 / learned tokens of the whole step, like the Trainer's token-weighted loss
+    return part.detach()
+
+
 # ---------------------------------------------------------------------------------------------------- optimizer
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from .fast_ops import (
-    MasterWeights, apply_liger, linear_cross_entropy_sum, liger_available, make_adamw, packed_kwargs,
+    MasterWeights, apply_liger, forward_backward, liger_available, make_adamw, packed_kwargs,
     register_attention,
 )
 from .fast_lora import cache_dense_weights, fuse_lora, group_lora, unfuse_lora
@@ -394,12 +394,9 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
                 loss_sum = torch.zeros((), device=device)
                 for batch in micro:
                     batch = batch.to(device)
-                    out = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
-                                  **packed_kwargs(batch))
-                    hidden = out.last_hidden_state[0].index_select(0, batch.target_index)
-                    part = linear_cross_entropy_sum(hidden, head.weight, batch.targets)
-                    (part / n_learned).backward()  # token-weighted over the whole step, like the Trainer's loss
-                    loss_sum += part.detach()
+                    loss_sum += forward_backward(decoder, head, batch.input_ids, batch.position_ids,
+                                                 batch.target_index, batch.targets, 1 / n_learned,
+                                                 **packed_kwargs(batch))
             step_lrs.append(scheduler.get_last_lr()[0])  # the rate this step uses, as the Trainer logs it
             step_norms.append(master.clip_and_step(settings.max_grad_norm))  # norm before clipping
             scheduler.step()
