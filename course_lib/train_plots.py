@@ -49,7 +49,7 @@ def plot_train_val(history: Sequence[dict], eval_history: Sequence[dict], stoppe
 
 
 def plot_sweep(table, title: str = "learning-rate sweep", ax=None):
-    """Final training and validation loss against the learning rate (log scale); diverged runs marked with x."""
+    """Final training and validation loss against the learning rate (log scales); diverged runs marked with x."""
     import math
 
     ax = _axes(ax, (5.5, 3.2))
@@ -64,6 +64,8 @@ def plot_sweep(table, title: str = "learning-rate sweep", ax=None):
         best = ok.loc[ok["val_loss"].idxmin()]
         ax.axvline(best["learning_rate"], color="grey", ls=":", label=f"best {best['learning_rate']:.0e}")
     ax.set_xscale("log")
+    if finite and min(finite) > 0:  # a diverged run's loss is 100x a good one's: on a linear axis the rest is flat
+        ax.set_yscale("log")
     ax.set(xlabel="learning rate", ylabel="loss", title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
