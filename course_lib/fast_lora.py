@@ -105,10 +105,15 @@ _FN = None
 
 
 def lora_linears(x, bases, As, Bs, scalings) -> tuple:
-    """base_i(x) + s_i * x A_i^T B_i^T for layers that read the same x (bases: nn.Linear or bitsandbytes Linear4bit)."""
+    """base_i(x) + s_i * x A_i^T B_i^T for layers that read the same x (bases: nn.Linear or bitsandbytes Linear4bit).
+
+    x is first cast to the adapters' dtype, which the base matmuls then run in too.
+    """
     global _FN
     if _FN is None:
         _FN = _group_function()
+    if x.dtype != As[0].dtype:
+        x = x.to(As[0].dtype)
     params = [t for pair in zip(As, Bs) for t in pair]
     return _FN.apply(x, tuple(bases), tuple(float(s) for s in scalings), *params)
 
@@ -125,8 +130,7 @@ def _parts(layer) -> tuple:
 
 
 def _fused_forward(self, x, *args, **kwargs):
-    base, A, B, scaling = _parts(self)
-    return lora_linear(x if x.dtype == A.dtype else x.to(A.dtype), base, A, B, scaling)
+    return lora_linear(x, *_parts(self))
 
 
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # called in this order by Llama-family layers
@@ -136,7 +140,7 @@ def _leader_forward(self, x, *args, **kwargs):
     """The first layer of a group computes every layer's output; the others find theirs waiting."""
     members = self.__dict__["_course_group"]
     bases, As, Bs, scalings = zip(*(_parts(m) for m in members))
-    outs = lora_linears(x if x.dtype == As[0].dtype else x.to(As[0].dtype), bases, As, Bs, scalings)
+    outs = lora_linears(x, bases, As, Bs, scalings)
     for m, out in zip(members[1:], outs[1:]):
         m.__dict__["_course_pending"] = (x, out)
     return outs[0]
