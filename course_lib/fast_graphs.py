@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .fast_ops import forward_backward
-from .fast_packing import IGNORE_INDEX, PackedBatch, pack_rows
+from .fast_packing import IGNORE_INDEX, PackedBatch, learned_positions, pack_rows
 
 ALIGN = 64  # bucket sizes are multiples of this: tensor-core friendly, and one Triton specialisation for all
 
@@ -44,8 +44,7 @@ class MicroShape:
 
 def learned_tokens(row: dict) -> int:
     """How many positions of a row learn a token (the next label is not ignored): its rows in the loss."""
-    labels = row.get("labels", row["input_ids"])
-    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+    return len(learned_positions(row.get("labels", row["input_ids"])))
 
 
 def shape_of(group: Sequence[dict]) -> MicroShape:

@@ -58,6 +58,14 @@ class PackedBatch:
                            self.lengths)
 
 
+def learned_positions(labels: Sequence[int]) -> list[int]:
+    """The positions t of one example that learn a token: labels[t + 1] is not ignored (its rows in the loss).
+
+    The shift stays inside the example, so no target crosses into the next one when examples are packed.
+    """
+    return [t for t in range(len(labels) - 1) if labels[t + 1] != IGNORE_INDEX]
+
+
 def pack_rows(rows: Sequence[dict]) -> PackedBatch:
     """Concatenate tokenized rows ({"input_ids", "labels"}) into one padding-free PackedBatch."""
     import torch
@@ -77,11 +85,9 @@ def pack_rows(rows: Sequence[dict]) -> PackedBatch:
         if not row_ids:
             raise ValueError(f"row {i} is empty")
         start = len(ids)
-        # position t learns labels[t + 1]: the shift stays inside the example, so no target crosses a boundary
-        for t in range(len(labels) - 1):
-            if labels[t + 1] != IGNORE_INDEX:
-                target_index.append(start + t)
-                targets.append(labels[t + 1])
+        for t in learned_positions(labels):
+            target_index.append(start + t)
+            targets.append(labels[t + 1])
         ids.extend(row_ids)
         positions.extend(range(len(row_ids)))
         lengths.append(len(row_ids))
