@@ -1,14 +1,15 @@
-"""Shared fixtures: the real default tokenizer, and tiny models built from a config."""
+"""Shared fixtures of every test folder: the real default tokenizer, a tiny Llama, the nbgrader course.
+
+Helpers that are not fixtures (paths, notebook metadata) live in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))
+from tests.helpers import SOLUTIONS
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -20,7 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(scope="session")
 def tokenizer():
     """The default model's tokenizer (real chat template, real vocabulary)."""
-    from course_lib.models import load_tokenizer
+    from course_lib.core.models import load_tokenizer
 
     return load_tokenizer()
 
@@ -43,23 +44,9 @@ def tiny_llama(tokenizer):
 @pytest.fixture(scope="session")
 def course():
     """One nbgrader course holding every solution notebook, shared by all grading tests."""
-    from course_lib import grading
+    from course_lib.instructor import grading
 
     built = grading.Course(SOLUTIONS)
     yield built
     built.cleanup()
 
-
-def edited_solution(stem: str, grade_id: str, old: str, new: str, folder: Path) -> Path:
-    """A copy of a solution notebook with one typical mistake put into the cell `grade_id`."""
-    import json
-
-    nb = json.loads((REPO / "solutions" / f"{stem}.ipynb").read_text(encoding="utf-8"))
-    cells = [c for c in nb["cells"] if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id]
-    assert len(cells) == 1, f"{stem} has no single cell {grade_id}"
-    source = "".join(cells[0]["source"])
-    assert old in source, f"{old!r} is not in {stem}/{grade_id}"
-    cells[0]["source"] = source.replace(old, new)
-    path = Path(folder) / f"{stem}.ipynb"
-    path.write_text(json.dumps(nb), encoding="utf-8")
-    return path

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.skipif(os.environ.get("COURSE_SLOW_TESTS") != "1",
                                 reason="slow: builds the Binder environment from scratch; set COURSE_SLOW_TESTS=1")

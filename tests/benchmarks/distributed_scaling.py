@@ -1,4 +1,4 @@
-"""Benchmark: tokens/s of course_lib.distributed on 1 and N processes, and the scaling efficiency.
+"""Benchmark: tokens/s of course_lib.scaling.distributed on 1 and N processes, and the scaling efficiency.
 
     python tests/benchmarks/distributed_scaling.py                 # GPUs: 1 and 2 GPUs, DDP+LoRA and FSDP+full
     python tests/benchmarks/distributed_scaling.py --cpu           # tiny shapes on CPU cores (gloo): checks it runs
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from course_lib.distributed import RunConfig, launch, scaling_rows  # noqa: E402
+from course_lib.scaling.distributed import RunConfig, launch, scaling_rows  # noqa: E402
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from course_lib.grade_batch import grade_folder
-from course_lib.grading import Course
+from course_lib.instructor.batch import grade_folder
+from course_lib.instructor.grading import Course
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@
 
 1. (optional) checks that the default model converted on this machine is the one the course uses elsewhere
    (a hash of every tensor), so the numbers below are about the same weights;
-2. `course_lib.memory.validate(device="cuda")`: predicted vs measured peak memory (torch.cuda.max_memory_allocated)
+2. `course_lib.qlora.memory_check.validate(device="cuda")`: predicted vs measured peak memory (torch.cuda.max_memory_allocated)
    for full / LoRA / QLoRA on SmolLM2-135M (real weights) and a 360M config (random weights);
 3. the notebook's QLoRA run: the default model in 4-bit NF4 with bf16 compute, paged 8-bit AdamW, the course task,
    exact match before and after, measured peak training memory next to the planner's prediction.
@@ -37,11 +37,14 @@ def qlora_run(steps: int, batch_size: int, n_test: int) -> dict:
     import torch
 
     import course_lib
-    from course_lib import memory, tasks
-    from course_lib.generation import chat_generate
-    from course_lib.metrics import exact_match_report
-    from course_lib.qlora import finetune_qlora, footprint, load_qlora_base
-    from course_lib.train import LoraSettings, to_rows
+    from course_lib.core import tasks
+    from course_lib.data.tokenize import to_rows
+    from course_lib.evaluation.generate import chat_generate
+    from course_lib.evaluation.metrics import exact_match_report
+    from course_lib.qlora import memory, memory_check
+    from course_lib.qlora.bnb import footprint, load_qlora_base
+    from course_lib.training import finetune
+    from course_lib.training.finetune import LoraSettings, finetune_qlora
 
     session = course_lib.start("full", seed=0)
     device = session.device.type
@@ -55,7 +58,6 @@ def qlora_run(steps: int, batch_size: int, n_test: int) -> dict:
     settings = LoraSettings(steps=steps, batch_size=batch_size, seed=0)
     conversations = [tasks.to_messages(e) for e in splits["train"]]
     seen = {}
-    import course_lib.train as train_module
     from transformers import TrainerCallback
 
     class Spy(TrainerCallback):
@@ -65,17 +67,17 @@ def qlora_run(steps: int, batch_size: int, n_test: int) -> dict:
             paged = " paged" if getattr(inner, "is_paged", False) else ""
             seen["optimizer"] = f"{type(inner).__module__}.{type(inner).__name__} ({bits}-bit{paged})"
 
-    original = train_module.train
+    original = finetune.train
 
     def train_with_spy(*args, callbacks=(), **kwargs):
         return original(*args, callbacks=[*callbacks, Spy()], **kwargs)
 
-    train_module.train = train_with_spy
+    finetune.train = train_with_spy
     try:
-        with memory.PeakMemory(device) as measured:
+        with memory_check.PeakMemory(device) as measured:
             result = finetune_qlora(model, tokenizer, conversations, settings, progress=False)
     finally:
-        train_module.train = original
+        finetune.train = original
     after = exact_match_report(chat_generate(result.model, tokenizer, prompts, max_new_tokens=64, progress=False),
                                references)
     longest = max(len(r["input_ids"]) for r in to_rows(conversations, tokenizer, settings.max_length))
@@ -105,8 +107,8 @@ def main() -> None:
     parser.add_argument("--skip-validate", action="store_true")
     args = parser.parse_args()
 
-    from course_lib import memory
-    from course_lib.models import resolve
+    from course_lib.core.models import resolve
+    from course_lib.qlora import memory_check
 
     path = resolve("default")[0]
     if args.check_hash:
@@ -115,7 +117,7 @@ def main() -> None:
               flush=True)
     rows = []
     if not args.skip_validate:
-        rows = memory.validate("cuda", ("135M", "360M"))
+        rows = memory_check.validate("cuda", ("135M", "360M"))
         with open(os.path.join(args.out, "validate_cuda.json"), "w") as f:
             json.dump(rows, f, indent=1, default=str)
     run = qlora_run(args.steps, args.batch_size, args.n_test)

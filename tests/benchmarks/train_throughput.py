@@ -13,7 +13,7 @@ recomputation, over the GPU's dense bf16 peak.
 
 The recipe: Hugging Face Trainer + peft, padding="max_length" 512, batch 8 x accumulation 4, LoRA r16 alpha 32
 dropout 0.05 on all linear layers, bf16, plain AdamW (QLoRA: NF4 + double quantization, prepare_model_for_kbit_training).
-The fast path: course_lib.fastpath.train_fast with its defaults and the same 32 examples per optimizer step.
+The fast path: course_lib.fast.engine.train_fast with its defaults and the same 32 examples per optimizer step.
 Each GPU run is a fresh subprocess, so peak memory and kernel patches of one run never leak into the next.
 """
 
@@ -159,7 +159,8 @@ def run_one(method: str, path: str, args, overrides: dict | None = None) -> dict
     """Train one method on one path and return its measurements."""
     import torch
 
-    from course_lib.fastpath import FastSettings, train_fast
+    from course_lib.fast.engine import train_fast
+    from course_lib.fast.settings import FastSettings
 
     shape, four_bit = (CPU_METHODS if args.cpu else METHODS)[method]
     device = "cpu" if args.cpu else "cuda"
@@ -216,8 +217,9 @@ def loss_curves(args) -> dict:
     """Both paths on the default model's real task (JSON extraction), two seeds each: loss per step and held-out loss."""
     import torch
 
-    from course_lib import tasks
-    from course_lib.fastpath import FastSettings, train_fast
+    from course_lib.core import tasks
+    from course_lib.fast.engine import train_fast
+    from course_lib.fast.settings import FastSettings
 
     steps, per_step = (args.curve_steps, 32) if not args.cpu else (2, 4)
     splits = tasks.make_splits(n_train=steps * per_step, n_val=64 if not args.cpu else 4, n_test=0, seed=0)
@@ -245,7 +247,7 @@ def load_real_model(args):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from course_lib.models import load_causal_lm, load_tokenizer
+    from course_lib.core.models import load_causal_lm, load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -254,7 +256,7 @@ def load_real_model(args):
         return model, tokenizer
     source = Path(args.real_model)
     if source.suffix == ".gguf":  # dequantize once, as course_lib does for its cache, then load the safetensors copy
-        from course_lib.models import _convert_gguf
+        from course_lib.core.models import _convert_gguf
 
         converted = Path(args.cache) / "real-model"
         if not (converted / "config.json").exists():
@@ -270,7 +272,7 @@ def held_out_loss(model, tokenizer, conversations, batch: int = 16) -> float:
     """Token-weighted loss on held-out chats through the plain transformers forward (padded batches)."""
     import torch
 
-    from course_lib.data import pad_batch, tokenize_chat
+    from course_lib.data.tokenize import pad_batch, tokenize_chat
 
     rows = [tokenize_chat(c, tokenizer) for c in conversations]
     device = next(model.parameters()).device
@@ -317,7 +319,8 @@ def profile_fast(method: str, args, overrides: dict | None = None, steps: int = 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from course_lib.fastpath import FastSettings, train_fast
+    from course_lib.fast.engine import train_fast
+    from course_lib.fast.settings import FastSettings
 
     shape, four_bit = METHODS[method]
     model = build_model(shape, four_bit, "cuda", Path(args.cache))
@@ -357,11 +360,11 @@ def switch_check(args) -> list[dict]:
 
     import torch
 
-    from course_lib import tasks
-    from course_lib.generation import chat_generate
-    from course_lib.metrics import exact_match_report
-    from course_lib.models import load_causal_lm
-    from course_lib.train import LoraSettings, finetune_lora
+    from course_lib.core import tasks
+    from course_lib.core.models import load_causal_lm
+    from course_lib.evaluation.generate import chat_generate
+    from course_lib.evaluation.metrics import exact_match_report
+    from course_lib.training.finetune import LoraSettings, finetune_lora
 
     splits = tasks.make_splits(n_train=400, n_val=64, n_test=args.switch_test, seed=0)
     train = [tasks.to_messages(e) for e in splits["train"]]
@@ -406,8 +409,8 @@ def self_check(device: str) -> list[tuple[str, float, float]]:
     """The fast path's pieces against plain references on this device: (what, relative error, tolerance)."""
     import torch
 
-    from course_lib.fast_ops import linear_cross_entropy_sum, packed_kwargs, register_attention, varlen_attention
-    from course_lib.fast_packing import pack_rows
+    from course_lib.fast.ops import linear_cross_entropy_sum, packed_kwargs, register_attention, varlen_attention
+    from course_lib.fast.packing import pack_rows
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tol = 2e-2 if device == "cuda" else 1e-5

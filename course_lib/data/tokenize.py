@@ -1,0 +1,319 @@
+"""Turn rows into training tokens: the exact tokenizer, the model's own chat template, loss on the answer only.
+
+Labels follow the PyTorch convention: a label of IGNORE_INDEX (-100) is skipped by the cross-entropy, so
+prompt, system and user tokens get -100 and only the tokens the model should learn to write keep their id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+import torch
+
+from course_lib.data.formats import FormatError, completion_text, detect_format, instruction_prompt
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
+SOURCE_ROW = "source_row"  # the column naming a row's index in the raw input, for reports
+
+
+# ---------------------------------------------------------------------------------------------------- chat
+
+
+def tokenize_chat(
+    messages: Sequence[Mapping], tokenizer, max_length: int | None = None, truncation: bool = True
+) -> dict:
+    """Token ids of a chat rendered with the tokenizer's chat template, labels only on assistant turns.
+
+    Each assistant turn is found by rendering the conversation up to it with the generation prompt:
+    whatever the full rendering adds after that prefix is the assistant's turn. The learned span runs
+    to the end-of-turn token inclusive, so the model learns to stop; the template's whitespace after
+    that token is masked, because generation stops at the end-of-turn token and never writes it.
+    """
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]  # drop Arrow's None-filled keys
+    full = _render_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(full)
+    for start, end in assistant_spans(messages, tokenizer, full):
+        labels[start:end] = full[start:end]
+    return _finish(full, labels, max_length, truncation)
+
+
+def assistant_spans(messages: Sequence[Mapping], tokenizer, full: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """The [start, end) token spans of every assistant turn's reply (content and end-of-turn token)."""
+    messages = list(messages)
+    if full is None:
+        full = _render_ids(tokenizer, messages, add_generation_prompt=False)
+    spans = []
+    for turn, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        if not any(m["role"] == "user" for m in messages[:turn]):
+            raise ValueError(f"assistant turn {turn} has no user turn before it: the template cannot prompt for it")
+        prefix = _render_ids(tokenizer, messages[:turn], add_generation_prompt=True)
+        upto = _render_ids(tokenizer, messages[: turn + 1], add_generation_prompt=False)
+        start, end = len(prefix), len(upto)
+        if list(full[:end]) != upto or upto[:start] != prefix:
+            raise ValueError(f"the chat template does not render turn {turn} as a prefix of the whole chat, "
+                             "so its assistant tokens cannot be located")
+        end = _trim_after_end_of_turn(full, start, end, tokenizer)
+        spans.append((start, end))
+    return spans
+
+
+def _trim_after_end_of_turn(ids: Sequence[int], start: int, end: int, tokenizer) -> int:
+    """Move `end` back to just after the turn's end-of-turn token when only template whitespace follows it."""
+    special = set(tokenizer.all_special_ids)
+    for i in range(end - 1, start - 1, -1):
+        if ids[i] in special:
+            return i + 1
+        if tokenizer.decode([ids[i]]).strip():  # real text after the last special token: keep the whole turn
+            return end
+    return end
+
+
+def _render_ids(tokenizer, messages: Sequence[Mapping], add_generation_prompt: bool) -> list[int]:
+    if not messages:
+        return []
+    encoded = tokenizer.apply_chat_template(
+        list(messages), tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+def render_prompt(messages: Sequence[dict], tokenizer) -> str:
+    """The text a model sees before it answers: the chat template plus the assistant header."""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def assistant_header_ids(tokenizer) -> list[int]:
+    """The token ids the chat template writes before every assistant reply (its generation prompt)."""
+    user = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    with_prompt = _render_ids(tokenizer, user, add_generation_prompt=True)
+    without = _render_ids(tokenizer, user, add_generation_prompt=False)
+    if with_prompt[: len(without)] != without:
+        raise ValueError("the chat template's generation prompt is not a suffix of the prompt")
+    return with_prompt[len(without):]
+
+
+# ---------------------------------------------------------------------------------------------------- other formats
+
+
+def tokenize_prompt_completion(prompt: str, completion: str, tokenizer, max_length: int | None = None,
+                               truncation: bool = True) -> dict:
+    """Prompt tokens masked, completion tokens learned, then EOS (learned too).
+
+    The prompt is tokenized on its own, exactly as it will be at inference, and the completion's
+    tokens follow it; tokenizing the joined string could merge tokens across the seam.
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [_eos_id(tokenizer)]
+    ids = list(prompt_ids) + list(answer_ids)
+    labels = [IGNORE_INDEX] * len(prompt_ids) + list(answer_ids)
+    return _finish(ids, labels, max_length, truncation)
+
+
+def tokenize_completion(text: str, tokenizer, max_length: int | None = None, truncation: bool = True) -> dict:
+    """Plain text: every token learned, with one EOS at the end."""
+    eos = _eos_id(tokenizer)
+    ids = list(tokenizer(completion_text(text, tokenizer.eos_token), add_special_tokens=True)["input_ids"])
+    if ids[-1] != eos:  # the EOS string did not tokenize to the EOS id (unusual tokenizers): append the id
+        ids.append(eos)
+    return _finish(ids, list(ids), max_length, truncation)
+
+
+def tokenize_row(row: Mapping, tokenizer, max_length: int | None = None, truncation: bool = True) -> dict:
+    """Tokenize a row of any format, with labels for completion-only training."""
+    fmt = detect_format(row)
+    if fmt == "chat":
+        return tokenize_chat(row["messages"], tokenizer, max_length, truncation)
+    if fmt == "instruction":
+        prompt = instruction_prompt(row["instruction"], row.get("input"))
+        return tokenize_prompt_completion(prompt, row["output"], tokenizer, max_length, truncation)
+    return tokenize_completion(row["text"], tokenizer, max_length, truncation)
+
+
+def _eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise FormatError("the tokenizer has no EOS token: the model could not learn where an answer ends")
+    return tokenizer.eos_token_id
+
+
+class TooLongError(ValueError):
+    """A row is longer than max_length and truncation is off."""
+
+
+def _finish(ids: list[int], labels: list[int], max_length: int | None, truncation: bool) -> dict:
+    if max_length is not None and len(ids) > max_length:
+        if not truncation:
+            raise TooLongError(f"{len(ids)} tokens, longer than max_length={max_length} with truncation off")
+        ids, labels = ids[:max_length], labels[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class TokenizeReport:
+    """What tokenizing a dataset did: how many rows were truncated, and which rows were dropped and why."""
+
+    rows: int
+    max_length: int | None
+    truncated: list[int] = field(default_factory=list)  # row indices cut to max_length
+    dropped: list[tuple[int, str]] = field(default_factory=list)  # (row, reason)
+    lengths: list[int] = field(default_factory=list)  # token counts before truncation
+
+    def __str__(self) -> str:
+        lines = [f"tokenized {self.rows} rows (max_length={self.max_length}): "
+                 f"{len(self.truncated)} truncated, {len(self.dropped)} dropped"]
+        lines += [f"  dropped row {row}: {reason}" for row, reason in self.dropped[:10]]
+        if len(self.dropped) > 10:
+            lines.append(f"  ... and {len(self.dropped) - 10} more")
+        return "\n".join(lines)
+
+
+def tokenize_dataset(dataset, tokenizer, max_length: int | None = None, truncation: bool = True,
+                     keep_columns: bool = False) -> tuple[Dataset, TokenizeReport]:
+    """Tokenize a `datasets.Dataset` of rows (batched map); returns (dataset, TokenizeReport).
+
+    Rows are named by their `source_row` column when there is one, else by their index (kept as the
+    `source_row` column of the result, with `num_tokens` before truncation). Rows truncated to max_length are counted. A truncated row that has no learned token left (its
+    answer was cut off entirely) would teach nothing, so it is dropped, and the report says so.
+    """
+
+    def encode(batch: dict, indices: list[int]) -> dict:
+        out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "num_tokens": [], SOURCE_ROW: []}
+        for i, index in enumerate(indices):
+            row = {key: values[i] for key, values in batch.items()}
+            row = {key: value for key, value in row.items() if value is not None}  # Arrow fills absent fields
+            index = row.pop(SOURCE_ROW, index)
+            encoded = tokenize_row(row, tokenizer)
+            out["num_tokens"].append(len(encoded["input_ids"]))
+            encoded = _finish(encoded["input_ids"], encoded["labels"], max_length, truncation)
+            for key in ("input_ids", "attention_mask", "labels"):
+                out[key].append(encoded[key])
+            out[SOURCE_ROW].append(index)
+        return out
+
+    drop = [c for c in dataset.column_names if not keep_columns or c == SOURCE_ROW]
+    try:
+        encoded = dataset.map(encode, batched=True, with_indices=True, remove_columns=drop)
+    except TooLongError as error:
+        raise TooLongError(f"{error}; validate the rows first to find which ones") from error
+    report = TokenizeReport(rows=len(encoded), max_length=max_length, lengths=list(encoded["num_tokens"]))
+    if max_length is not None:
+        report.truncated = [row for row, n in zip(encoded[SOURCE_ROW], encoded["num_tokens"]) if n > max_length]
+    learned = [any(label != IGNORE_INDEX for label in labels) for labels in encoded["labels"]]
+    report.dropped = [(row, "no learned token left after truncation (the answer was cut off)")
+                      for row, ok in zip(encoded[SOURCE_ROW], learned) if not ok]
+    if report.dropped:
+        encoded = encoded.filter(lambda batch: [any(l != IGNORE_INDEX for l in labels) for labels in batch["labels"]],
+                                 batched=True)
+    return encoded, report
+
+
+# ---------------------------------------------------------------------------------------------------- inspection
+
+
+def label_table(row: Mapping, tokenizer) -> list[dict]:
+    """One entry per token of a tokenized row: position, id, the token's text, and whether it is learned."""
+    return [
+        {"position": i, "id": int(token), "text": tokenizer.decode([token]), "learned": label != IGNORE_INDEX}
+        for i, (token, label) in enumerate(zip(row["input_ids"], row["labels"]))
+    ]
+
+
+def show_labels(row: Mapping, tokenizer, by: str = "run") -> str:
+    """A row as text with its label state: runs of masked/learned tokens (by='run') or one token a line."""
+    table = label_table(row, tokenizer)
+    if by == "token":
+        return "\n".join(f"{t['position']:>4} {t['id']:>6} {'LEARN' if t['learned'] else '  -  '} {t['text']!r}"
+                         for t in table)
+    if by != "run":
+        raise ValueError(f"by must be 'run' or 'token', not {by!r}")
+    runs: list[list] = []
+    for t in table:
+        if runs and runs[-1][0] == t["learned"]:
+            runs[-1][1].append(t["id"])
+        else:
+            runs.append([t["learned"], [t["id"]]])
+    return "\n".join(f"{'LEARN ' if learned else 'masked'} {len(ids):>4} tok  {tokenizer.decode(ids)!r}"
+                     for learned, ids in runs)
+
+
+def learned_text(row: Mapping, tokenizer) -> str:
+    """The text of the tokens a row teaches (labels other than -100), joined."""
+    return tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX])
+
+
+def pad_token_note(tokenizer) -> str:
+    """One paragraph on the tokenizer's pad token: which it is, and why it is not EOS."""
+    pad, eos = tokenizer.pad_token, tokenizer.eos_token
+    if pad == eos:
+        return (f"pad token = EOS = {eos!r}: a collator that masks pad positions would also mask the real EOS, "
+                "and the model would never learn to stop. Pick a different pad token.")
+    return (f"pad token {pad!r} (id {tokenizer.pad_token_id}) differs from EOS {eos!r} (id {tokenizer.eos_token_id}): "
+            "padding is masked by attention_mask=0 and labels=-100, and the EOS the model must learn stays learned. "
+            f"Padding side: {tokenizer.padding_side} for training (left for batched generation).")
+
+
+# ---------------------------------------------------------------------------------------------------- batching
+
+
+def pad_batch(rows: Iterable[dict], pad_token_id: int, padding_side: str = "right") -> dict:
+    """Pad a list of tokenized rows to the longest one (dynamic padding) and stack them as tensors."""
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError("pad_batch got no rows")
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
+    width = max(len(row["input_ids"]) for row in rows)
+    batch: dict[str, list] = {key: [] for key in rows[0] if key in ("input_ids", "attention_mask", "labels")}
+    fill = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    for row in rows:
+        gap = width - len(row["input_ids"])
+        for key in batch:
+            pad = [fill[key]] * gap
+            batch[key].append(pad + list(row[key]) if padding_side == "left" else list(row[key]) + pad)
+    return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+
+
+class ChatCollator:
+    """A Trainer data collator: dynamic right padding, labels padded with -100."""
+
+    def __init__(self, tokenizer):
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; course_lib.core.models.load_tokenizer sets one")
+        self.pad_token_id = tokenizer.pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict:
+        return pad_batch(rows, self.pad_token_id, "right")
+
+
+def to_rows(data: Sequence, tokenizer, max_length: int) -> list[dict]:
+    """Training rows {"input_ids", "attention_mask", "labels"} from chats (lists of messages) or tokenized rows.
+
+    Both kinds are cut to `max_length`, as `tokenize_chat` cuts chats. A row must keep a token to learn after the
+    first position: a causal LM predicts token t from the tokens before it, so the first label is never learned.
+    """
+    rows = []
+    for i, item in enumerate(data):
+        if isinstance(item, dict) and "input_ids" in item:
+            ids = list(item["input_ids"])[:max_length]
+            labels = list(item.get("labels", item["input_ids"]))[:max_length]
+            row = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+        elif isinstance(item, (list, tuple)) and item and all(isinstance(m, dict) and "role" in m for m in item):
+            row = tokenize_chat(item, tokenizer, max_length=max_length)
+        else:
+            raise ValueError(f"training item {i} is neither a chat (a list of messages) nor a tokenized row: {item!r:.80}")
+        if not any(label != IGNORE_INDEX for label in row["labels"][1:]):
+            raise ValueError(f"training item {i} has no token to learn (every label after the first is "
+                             f"{IGNORE_INDEX}): its answer is missing or was cut off by max_length={max_length}")
+        rows.append(row)
+    if not rows:
+        raise ValueError("no training conversations given")
+    return rows

@@ -1,0 +1,148 @@
+"""The one generation loop: batched, greedy by default, bounded, stops at end of turn, guards loops.
+
+`generate` answers chat message lists or plain strings with `DecodingSettings` (the safe deployment defaults of
+module 06); `chat_generate` is the same loop with a progress bar, as the evaluation cells call it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria
+
+from course_lib.data.tokenize import pad_batch
+
+END_OF_TURN = "<|im_end|>"  # the chat end token of the course's models (ChatML template)
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than `max_prompt_tokens` and lost its oldest tokens."""
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """How the deployed model decodes; the defaults are the safe ones (reproducible, bounded)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 means greedy: the same input always gives the same output
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # >1 penalizes every token already seen, prompt included: off by default
+    loop_ngram: int = 6  # stop a reply once its last `loop_ngram` tokens have already occurred `loop_repeats` times
+    loop_repeats: int = 3
+    max_prompt_tokens: int = 1024
+    seed: int = 0  # used only when sampling
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+        if self.max_prompt_tokens < 1 or self.loop_ngram < 1 or self.loop_repeats < 2:
+            raise ValueError("max_prompt_tokens and loop_ngram must be >= 1, loop_repeats >= 2")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def replace(self, **changes) -> "DecodingSettings":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """The token ids that end a reply: EOS and the chat end token, when the vocabulary has them."""
+    ids = []
+    for token_id in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)):
+        if token_id is not None and token_id != tokenizer.unk_token_id and token_id not in ids:
+            ids.append(token_id)
+    if not ids:
+        raise ValueError("the tokenizer has neither an EOS token nor <|im_end|>: generation could not stop")
+    return ids
+
+
+def repeats_tail(tokens: Sequence[int], n: int, times: int) -> bool:
+    """True when the last `n` tokens occur at least `times` times in `tokens` (a degenerate loop)."""
+    if len(tokens) < n * times:
+        return False
+    tail = list(tokens[-n:])
+    found = sum(list(tokens[i : i + n]) == tail for i in range(len(tokens) - n + 1))
+    return found >= times
+
+
+def _loop_guard(prompt_length: int, n: int, times: int):
+
+    class LoopGuard(StoppingCriteria):
+        """Stops each row whose generated part has fallen into a repeating loop."""
+
+        def __call__(self, input_ids, scores, **kwargs):
+            generated = input_ids[:, prompt_length:].tolist()
+            return torch.tensor([repeats_tail(row, n, times) for row in generated], device=input_ids.device)
+
+    return LoopGuard()
+
+
+def encode_prompts(tokenizer, prompts: Sequence, max_prompt_tokens: int) -> list[list[int]]:
+    """Token ids per prompt (chat message lists or plain strings), cut from the left with a warning when too long."""
+    encoded = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "role" in m for m in prompt):
+            ids = tokenizer.apply_chat_template(list(prompt), tokenize=True, add_generation_prompt=True,
+                                                return_dict=True)["input_ids"]
+        else:
+            raise TypeError(f"prompt {i} is neither a string nor a list of chat messages: {prompt!r:.80}")
+        if len(ids) > max_prompt_tokens:
+            # Keep the end: it holds the latest turn and the generation prompt the model answers from.
+            warnings.warn(f"prompt {i} has {len(ids)} tokens; kept only its last {max_prompt_tokens} "
+                          f"(max_prompt_tokens)", PromptTruncatedWarning, stacklevel=3)
+            ids = ids[-max_prompt_tokens:]
+        encoded.append(list(ids))
+    return encoded
+
+
+def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | None = None,
+             batch_size: int = 8, progress: bool = False) -> list[str]:
+    """Replies to prompts (chat message lists or strings) with the safe decoding defaults, in the caller's order."""
+
+    settings = settings or DecodingSettings()
+    encoded = encode_prompts(tokenizer, prompts, settings.max_prompt_tokens)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    replies = [""] * len(encoded)
+    device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
+    was_training = model.training
+    model.eval()
+    if not settings.greedy:
+        torch.manual_seed(settings.seed)
+    batches = range(0, len(order), batch_size)
+    for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2, leave=False):
+        idx = order[start : start + batch_size]
+        rows = [{"input_ids": encoded[i], "attention_mask": [1] * len(encoded[i])} for i in idx]
+        batch = {k: v.to(device) for k, v in pad_batch(rows, pad_id, "left").items()}
+        width = batch["input_ids"].shape[1]
+        with torch.no_grad():
+            out = model.generate(
+                **batch, max_new_tokens=settings.max_new_tokens, do_sample=not settings.greedy, **sampling,
+                repetition_penalty=settings.repetition_penalty, eos_token_id=stops, pad_token_id=pad_id,
+                stopping_criteria=[_loop_guard(width, settings.loop_ngram, settings.loop_repeats)],
+                # an explicit config: the checkpoint's generation_config may ask for sampling
+                top_k=None if settings.greedy else 50,
+            )
+        for row, i in zip(out[:, width:], idx):
+            replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    model.train(was_training)
+    return replies
+
+
+def chat_generate(model, tokenizer, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 64,
+                  batch_size: int = 16, progress: bool = True) -> list[str]:
+    """Answer each conversation greedily with `generate`'s defaults; the decoded replies, in order."""
+    settings = DecodingSettings(max_new_tokens=max_new_tokens, max_prompt_tokens=100_000)
+    return generate(model, tokenizer, conversations, settings, batch_size=batch_size, progress=progress)

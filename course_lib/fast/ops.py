@@ -1,0 +1,294 @@
+"""The kernels side of the GPU fast path: varlen attention, a fused linear cross-entropy, fp32 master weights.
+
+Each piece is small, runs on the CPU too (slowly, but identically, so CI can test it), and is checked against the
+library version it replaces in tests/fast/.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+ATTENTION_NAME = "course_varlen"
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+
+
+def _varlen_fn():
+    """torch's flash-attention varlen entry point, or None where this torch has none."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+_SIGNATURES: dict = {}
+_FLASH: dict = {}
+
+
+def _flash_capable(device) -> bool:
+    """Flash attention (the varlen kernel) needs an Ampere or newer GPU; a T4 takes the per-example path."""
+
+    if device not in _FLASH:
+        _FLASH[device] = torch.cuda.get_device_capability(device)[0] >= 8
+    return _FLASH[device]
+
+
+def _signature(fn) -> dict:
+    if fn not in _SIGNATURES:  # inspect is slow, and this runs in every layer of every step
+        _SIGNATURES[fn] = dict(inspect.signature(fn).parameters)
+    return _SIGNATURES[fn]
+
+
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """An `AttentionInterface` function: causal attention inside each packed example, never across examples.
+
+    `query`/`key`/`value` come as [1, heads, T, head_dim] over all examples of the row; `cu_seq_lens_q` marks
+    where each example starts. On a CUDA GPU in bf16/fp16 one flash-attention varlen kernel does the work; elsewhere
+    (CPU, fp32) each example goes through SDPA on its own, which is slow but exactly the per-example result.
+    """
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or attention_mask is not None:  # not a packed training batch (e.g. generation): plain SDPA
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError(f"packed attention expects one row per batch, got {query.shape[0]}")
+    groups = query.shape[1] // key.shape[1]
+    varlen = _varlen_fn()
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and varlen is not None \
+            and _flash_capable(query.device):
+        # squeeze, not [0]: indexing's backward writes the gradient into a fresh zeroed tensor (a fill and a strided
+        # copy per tensor and layer, 5 % of an H200's step time on the 1.7B shape); squeeze's backward is a view
+        q, k, v = (t.squeeze(0).transpose(0, 1) for t in (query, key, value))  # [T, heads, head_dim]
+        params = _signature(varlen)
+        extra = {}
+        if groups > 1:
+            if "enable_gqa" in params:
+                extra["enable_gqa"] = True
+            else:  # older torch: give every query head its own copy of the shared key/value head
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        if "window_size" in params:
+            extra["window_size"] = (-1, 0)  # causal
+        else:
+            extra["is_causal"] = True
+        if "scale" in params and scaling is not None:
+            extra["scale"] = scaling
+        max_len = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
+        out = varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **extra)
+        return out.unsqueeze(0), None  # [1, T, heads, head_dim], as transformers' attention functions return
+    # reference path: one SDPA call per example
+    bounds = cu.tolist()
+    outs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        outs.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling))
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> str:
+    """Register `varlen_attention` with transformers under ATTENTION_NAME (idempotent); returns the name."""
+
+    AttentionInterface.register(ATTENTION_NAME, varlen_attention)
+    return ATTENTION_NAME
+
+
+def packed_kwargs(batch) -> dict:
+    """The keyword arguments a transformers decoder passes down to `varlen_attention` for a PackedBatch."""
+    return {"cu_seq_lens_q": batch.cu_seqlens, "cu_seq_lens_k": batch.cu_seqlens,
+            "max_length_q": batch.max_seqlen, "max_length_k": batch.max_seqlen}
+
+
+# ---------------------------------------------------------------------------------------------------- loss
+
+
+def _linear_cross_entropy_class():
+
+    class LinearCrossEntropy(torch.autograd.Function):
+        """sum(CE(hidden @ weight.T, targets)), computed chunk by chunk with its gradient taken in the forward.
+
+        The full logits (tokens × vocabulary, in fp32) are the largest tensor of a small model's step; here only a
+        chunk of them exists at a time, and the backward pass is a multiply by the saved gradient.
+        """
+
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, chunk, ignore_index):
+            need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            grad_h = torch.empty_like(hidden) if need_h else None
+            acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 at least, like transformers' loss
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+            total = torch.zeros((), dtype=acc, device=hidden.device)
+            for start in range(0, hidden.shape[0], chunk):
+                h, t = hidden[start:start + chunk], targets[start:start + chunk]
+                keep = None
+                if ignore_index is not None:  # padded rows (fixed-shape CUDA graphs): no loss, no gradient
+                    keep = t != ignore_index
+                    t = t.masked_fill(~keep, 0)
+                # like transformers: matmul in the model dtype, softmax and loss in fp32. Each pass over a chunk's
+                # logits is as large as a matmul's output, so the passes are few: log-softmax (bf16 in, fp32 out),
+                # then exp straight into the gradient's dtype; the target column gets p - 1 computed in fp32
+                logp = torch.log_softmax(h @ weight.t(), dim=-1, dtype=acc)
+                rows = torch.arange(t.shape[0], device=t.device)
+                picked = logp[rows, t]
+                total += (-picked if keep is None else -picked * keep).sum()
+                if need_h or need_w:
+                    grad = torch.exp(logp, out=torch.empty(logp.shape, dtype=hidden.dtype, device=logp.device))
+                    grad[rows, t] = (picked.exp() - 1.0).to(hidden.dtype)
+                    if keep is not None:
+                        grad.mul_(keep[:, None])
+                    if need_h:
+                        grad_h[start:start + chunk] = grad @ weight
+                    if need_w:
+                        grad_w += (grad.t() @ h).to(acc)
+            ctx.save_for_backward(grad_h, grad_w)
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            grad_h, grad_w = ctx.saved_tensors
+            return (grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None,
+                    (grad_w * grad_out).to(grad_w.dtype) if grad_w is not None else None, None, None, None)
+
+    return LinearCrossEntropy
+
+
+_LCE = None
+
+
+def linear_cross_entropy_sum(hidden, weight, targets, chunk: int | None = None, ignore_index: int | None = None):
+    """Sum over rows of the cross-entropy of `hidden @ weight.T` against `targets`, without the full logits.
+
+    With `ignore_index`, rows whose target equals it add nothing to the sum or the gradients.
+    """
+    global _LCE
+    if _LCE is None:
+        _LCE = _linear_cross_entropy_class()
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0
+    if chunk is None:  # about 64M logits a chunk: 256 MB in fp32, large enough to keep the GPU busy
+        chunk = max(256, (1 << 26) // weight.shape[0])
+    if weight.dtype != hidden.dtype:
+        weight = weight.to(hidden.dtype)
+    return _LCE.apply(hidden, weight, targets, chunk, ignore_index)
+
+
+def forward_backward(decoder, head, input_ids, position_ids, target_index, targets, scale, ignore_index=None,
+                     **attention):
+    """One packed micro-batch: forward, summed loss at `target_index`, backward of loss x `scale`; returns the sum."""
+    out = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention)
+    hidden = out.last_hidden_state[0].index_select(0, target_index)
+    part = linear_cross_entropy_sum(hidden, head.weight, targets, ignore_index=ignore_index)
+    (part * scale).backward()  # scale: 1 / learned tokens of the whole step, like the Trainer's token-weighted loss
+    return part.detach()
+
+
+# ---------------------------------------------------------------------------------------------------- optimizer
+
+
+class MasterWeights:
+    """Train low-precision parameters through fp32 master copies, all of them held in one flat buffer.
+
+    LoRA adapters are small (about 1 % of the model), so their fp32 copies and optimizer states cost little, while
+    the adapters themselves stay in bf16 and every matmul of the forward and backward pass stays in bf16. The
+    parameters and their gradients become views of one flat tensor each, so copying gradients to the masters,
+    clipping, the AdamW step and copying back are one kernel each, not a loop over hundreds of small tensors
+    (on an H200 those loops cost more host time than the 135M model's whole backward pass). The gradient buffer
+    stays put for the whole run, which CUDA graphs need (`fast.graphs`). `release()` gives every parameter its
+    own storage back.
+    """
+
+    def __init__(self, params, make_optimizer):
+
+        self.params = [p for p in params if p.requires_grad]
+        if not self.params:
+            raise ValueError("no trainable parameters: did the adapters get attached?")
+        kinds = {(p.dtype, p.device) for p in self.params}
+        if len(kinds) != 1:
+            raise ValueError(f"trainable parameters must share one dtype and device, found {sorted(map(str, kinds))}")
+        dtype, device = kinds.pop()
+        total = sum(p.numel() for p in self.params)
+        self.flat = torch.empty(total, dtype=dtype, device=device)
+        self.flat_grad = torch.zeros(total, dtype=dtype, device=device)
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            self.flat[offset:offset + n].copy_(p.data.reshape(-1))
+            p.data = self.flat[offset:offset + n].view_as(p)
+            p.grad = self.flat_grad[offset:offset + n].view_as(p)  # backward adds into it in place
+            offset += n
+        if dtype == torch.float32:  # already fp32: optimize the flat buffer itself
+            self.master = self.flat.detach().requires_grad_(True)
+            self.master.grad = self.flat_grad
+        else:
+            self.master = self.flat.detach().float().requires_grad_(True)
+            self.master.grad = torch.zeros_like(self.master)
+        self.optimizer = make_optimizer([self.master])
+
+    def clip_and_step(self, max_grad_norm: float | None):
+        """Copy gradients to the masters, clip by global norm, step, copy the new values back; returns the norm."""
+
+        separate = self.master.data_ptr() != self.flat.data_ptr()
+        if separate:
+            self.master.grad.copy_(self.flat_grad)
+        norm = torch.nn.utils.clip_grad_norm_([self.master], max_grad_norm if max_grad_norm else math.inf,
+                                              foreach=True)
+        self.optimizer.step()
+        if separate:
+            self.flat.copy_(self.master.detach())
+        return norm
+
+    def zero_grad(self):
+        """Zero the gradients in place (the buffer stays put, so the next backward adds into zeros)."""
+        self.flat_grad.zero_()
+
+    def release(self) -> None:
+        """Give every parameter its own storage again and drop the gradients (safetensors refuses shared storage)."""
+        for p in self.params:
+            p.data = p.data.clone()
+            p.grad = None
+
+
+def make_adamw(kind: str, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    """A factory for the optimizer: 'fused' (torch AdamW, one kernel), 'paged8bit' (bitsandbytes) or 'plain'."""
+
+    def build(params):
+        if kind == "paged8bit":
+            import bitsandbytes as bnb
+
+            return bnb.optim.PagedAdamW8bit(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        on_gpu = all(p.is_cuda for p in params)
+        options = {"fused": True} if kind == "fused" and on_gpu else {"foreach": True}
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **options)
+
+    return build
+
+
+# ---------------------------------------------------------------------------------------------------- optional kernels
+
+
+def liger_available() -> bool:
+    """True when the `liger-kernel` package imports (it needs a CUDA GPU with Triton to be useful)."""
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception:  # ImportError, or Triton failing to initialise without a GPU
+        return False
+    return True
+
+
+def apply_liger(model) -> list[str]:
+    """Swap RMSNorm, SwiGLU and RoPE of a Llama-family model for Liger's Triton kernels; returns what changed."""
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    # The loss stays ours (linear_cross_entropy_sum); Liger's fused linear CE would need its own forward.
+    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False, model=model)
+    return ["rms_norm", "swiglu", "rope"]

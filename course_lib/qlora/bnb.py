@@ -1,0 +1,152 @@
+"""QLoRA with the libraries: a course model in 4-bit NF4, prepared for k-bit training, with LoRA on top.
+
+`qlora.quantize` builds NF4 by hand to show how it works; here `bitsandbytes` does it for real through
+`transformers.BitsAndBytesConfig`. It runs on a CUDA GPU and, since bitsandbytes 0.50, on the CPU: the
+compute dtype is bf16 where the GPU supports it, float32 on the CPU (bf16 matmuls are slow on most CPUs).
+On the GPU the optimizer is bitsandbytes' paged 8-bit AdamW, the QLoRA paper's choice.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Sequence
+
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+from course_lib.core.models import ALL_LINEAR, ModelNotAvailable, find_spec, load_tokenizer, resolve
+from course_lib.core.runtime import detect_device
+
+
+def compute_dtype_for(device: str):
+    """bf16 on a GPU that has it, fp16 on an older GPU, float32 on the CPU."""
+
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def bnb_config(compute_dtype=None, double_quant: bool = True, device: str | None = None):
+    """The QLoRA quantization config: NF4 weights, double-quantized block scales, matmuls in compute_dtype."""
+
+    if compute_dtype is None:
+        compute_dtype = compute_dtype_for(device or detect_device().type)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_4bit(name: str = "default", compute_dtype=None, device: str | None = None, double_quant: bool = True,
+              gradient_checkpointing: bool = True, prepare: bool = True):
+    """Load a course model (name or folder) with its linear layers in 4-bit NF4, ready for k-bit training.
+
+    `prepare_model_for_kbit_training` freezes the base, casts the layers that stay in 16 bits (embeddings,
+    norms) to fp32 for stable training, and turns on gradient checkpointing (non-reentrant) unless told not to.
+    """
+
+    device = device or detect_device().type
+    compute_dtype = compute_dtype or compute_dtype_for(device)
+    path, extra = resolve(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, **extra, quantization_config=bnb_config(compute_dtype, double_quant), dtype=compute_dtype,
+            device_map={"": device},
+        )
+    except OSError as error:  # offline hub miss, or a folder without weights
+        spec = find_spec(name)
+        what = f"{spec.key!r} ({spec.hub_id})" if spec else repr(name)
+        raise ModelNotAvailable(f"Could not load {what} in 4 bits: {str(error).splitlines()[0]}") from error
+    if device == "cpu":
+        own_memory(model)
+    if prepare:
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # the cache is useless in training and clashes with checkpointing
+    return model
+
+
+def own_memory(model) -> None:
+    """Copy parameters and buffers that alias the memory-mapped checkpoint into ordinary memory (4-bit ones stay).
+
+    Where the checkpoint's dtype is the compute dtype (fp32 on the CPU), from_pretrained leaves embeddings and norms
+    pointing into the mapped file, which keeps the whole file mapped and resident (538 MB for the 135M model)
+    next to the 4-bit copy, and a memory measurement would count every touched page of it as training memory.
+    A copy costs only those small layers and lets the mapping go; 4-bit weights were freshly quantized already.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                if type(param).__name__ != "Params4bit":
+                    param.data = param.data.clone()
+            for name, buf in module.named_buffers(recurse=False):
+                module._buffers[name] = buf.clone()
+    gc.collect()
+
+
+def load_qlora_base(name: str = "default", **kwargs):
+    """(4-bit model, tokenizer) with the course's pad-token setup, as `core.models.load_causal_lm` returns them."""
+
+    model = load_4bit(name, **kwargs)
+    tokenizer = load_tokenizer(name)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def add_lora(model, r: int = 16, alpha: int | None = None, targets: Sequence[str] = ALL_LINEAR, dropout: float = 0.0):
+    """Wrap a (prepared) 4-bit model with LoRA adapters on `targets`; the adapters are fp32 and trainable."""
+
+    config = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=dropout,
+                        target_modules=list(targets), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def is_4bit(model) -> bool:
+    """True when the model's decoder linear layers hold bitsandbytes 4-bit weights."""
+    import bitsandbytes as bnb
+
+    return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
+def footprint(model) -> dict[str, int]:
+    """Bytes the model's parameters and buffers occupy, split into 4-bit weights, their constants and the rest."""
+    packed = constants = other = 0
+    seen = set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            size = param.numel() * param.element_size()
+            state = getattr(param, "quant_state", None)
+            if state is not None:
+                packed += size
+                constants += state.absmax.numel() * state.absmax.element_size()
+                if state.nested:
+                    constants += state.state2.absmax.numel() * 4 + state.state2.code.numel() * 4 + 4
+            else:
+                other += size
+    return {"4-bit weights": packed, "quantization constants": constants, "other parameters": other}
+
+
+def unpack_cpu_weights(model) -> int:
+    """Undo bitsandbytes' CPU inference packing of 4-bit weights; returns how many layers it unpacked.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight for its fast inference kernel the
+    first time the layer runs in eval mode without gradients (generating before training does that), and keeps
+    it packed when training resumes; the packed kernel then passes no gradient to the layer's input (seen with
+    bitsandbytes 0.50.2), so the adapters below it learn nothing useful and training diverges. Training must start
+    from the plain layout.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    unpacked = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, module.weight.quant_state)
+            unpacked += 1
+    return unpacked

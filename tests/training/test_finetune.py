@@ -1,0 +1,138 @@
+"""finetune_lora (course_lib.training.finetune): it trains the adapters only and repeats with a seed; its switch takes
+the fast path on a CUDA GPU, the Trainer elsewhere or when asked, the same run either way."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from course_lib.core import tasks
+from course_lib.core.results import NonFiniteLossError, TrainResult
+from course_lib.fast.settings import FastSettings
+from course_lib.training import finetune
+from course_lib.training.finetune import LoraSettings, choose_path, fast_settings_for, finetune_lora
+
+
+def conversations(n=8, seed=1):
+    return [tasks.to_messages(e) for e in tasks.make_examples(n, seed=seed)]
+
+
+class _Param:
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+
+def on_device(model, device: str):
+    """`model` as choose_path sees it when its parameters live on `device` (no GPU needed to test the rule)."""
+    twin = copy.copy(model)
+    twin.parameters = lambda: iter([_Param(device)])
+    return twin
+
+
+def test_lora_run_trains_adapters_only(tiny_llama, tokenizer):
+    before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
+    settings = LoraSettings(steps=4, batch_size=2, learning_rate=1e-2, warmup_steps=0, r=4, alpha=8)
+    result = finetune_lora(tiny_llama, tokenizer, [tasks.to_messages(e) for e in tasks.make_examples(8)], settings,
+                           progress=False)
+    assert [row["step"] for row in result.history] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    lora = {n: p for n, p in result.model.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for p in lora.values())
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in lora.items() if "lora_B" in n)
+    for name, param in result.model.named_parameters():
+        if "lora_" not in name:
+            original = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(param, before[original]), f"{name} changed"
+
+
+def test_same_seed_same_losses(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def run():
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=2)
+        return finetune_lora(LlamaForCausalLM(config), tokenizer, [tasks.to_messages(e) for e in tasks.make_examples(8)],
+                             LoraSettings(steps=3, batch_size=2, r=2, alpha=4), progress=False).losses
+
+    assert run() == run()
+
+
+def test_choose_path_is_fast_on_cuda_unless_switched_off(tiny_llama):
+    assert choose_path(on_device(tiny_llama, "cuda"), LoraSettings())[0] is True
+    assert choose_path(on_device(tiny_llama, "cuda"), LoraSettings(fast=False)) == (False, "LoraSettings(fast=False)")
+    fast, why = choose_path(tiny_llama, LoraSettings())
+    assert fast is False and "cpu" in why
+    assert choose_path(tiny_llama, LoraSettings(fast=True))[0] is True  # the same maths runs on a CPU too
+
+
+def test_choose_path_falls_back_where_the_fast_path_would_be_wrong(tiny_llama):
+    half = copy.deepcopy(tiny_llama).to(torch.float16)  # fp16 needs loss scaling the fast path does not do
+    fast, why = choose_path(on_device(half, "cuda"), LoraSettings())
+    assert fast is False and "fp16" in why
+    with pytest.raises(ValueError, match="fp16"):
+        choose_path(half, LoraSettings(fast=True))
+    capped = copy.deepcopy(tiny_llama)
+    capped.config.final_logit_softcapping = 30.0
+    assert choose_path(on_device(capped, "cuda"), LoraSettings())[0] is False
+
+
+def test_fast_settings_carry_every_lora_setting():
+    settings = LoraSettings(steps=7, batch_size=3, learning_rate=1e-3, warmup_steps=2, r=4, alpha=16, dropout=0.1,
+                            target_modules=["q_proj", "v_proj"], max_length=99, seed=5)
+    fast = fast_settings_for(settings)
+    for name in ("steps", "batch_size", "learning_rate", "warmup_steps", "r", "alpha", "dropout", "target_modules",
+                 "max_length", "seed"):
+        assert getattr(fast, name) == getattr(settings, name), name
+    assert (fast.schedule, fast.weight_decay, fast.max_grad_norm, fast.recipe) == ("linear", 0.0, 1.0, False)
+    # every LoraSettings field is either mapped above or is the switch itself
+    mapped = {"steps", "batch_size", "learning_rate", "warmup_steps", "r", "alpha", "dropout", "target_modules",
+              "max_length", "seed", "fast"}
+    assert {f.name for f in dataclasses.fields(LoraSettings)} == mapped
+    assert LoraSettings().dropout == 0.0 and FastSettings().fused_lora  # the default runs fused LoRA layers
+
+
+def test_fast_switch_returns_what_notebooks_read(tiny_llama, tokenizer):
+    """fast=True on a CPU: a TrainResult with the Trainer path's attributes and history row keys, and the same losses."""
+    data = conversations()
+    settings = LoraSettings(steps=3, batch_size=8, learning_rate=1e-2, warmup_steps=1, r=4, alpha=8, max_length=128)
+    torch.manual_seed(settings.seed)  # the Trainer path draws the adapters from the global generator; fast seeds it
+    slow = finetune_lora(copy.deepcopy(tiny_llama), tokenizer, data, dataclasses.replace(settings, fast=False),
+                         progress=False)
+    fast = finetune_lora(tiny_llama, tokenizer, data, dataclasses.replace(settings, fast=True), progress=False)
+    assert (slow.path, fast.path) == ("trainer", "fast")
+    assert fast.global_step == slow.global_step == 3 and fast.seconds > 0
+    assert [r["step"] for r in fast.history] == [r["step"] for r in slow.history] == [1, 2, 3]
+    assert set(slow.history[0]) <= set(fast.history[0])  # step, loss, learning_rate, grad_norm (+ tokens)
+    assert [r["learning_rate"] for r in fast.history] == pytest.approx([r["learning_rate"] for r in slow.history])
+    # each step sees all 8 examples, so the order cannot matter: the same loss, step by step, on both paths
+    assert fast.losses == pytest.approx(slow.losses, rel=1e-4)
+    assert [r["grad_norm"] for r in fast.history] == pytest.approx([r["grad_norm"] for r in slow.history], rel=1e-3)
+    assert fast.eval_history == [] and fast.final_eval_loss is None and fast.details["fused_lora_layers"] == 14
+    assert not fast.model.training and any("lora_" in n for n, _ in fast.model.named_parameters())
+
+
+def test_cpu_default_stays_on_the_trainer(tiny_llama, tokenizer, monkeypatch):
+    def no_fast_path(*args, **kwargs):
+        raise AssertionError("the fast path ran on a CPU by default")
+
+    monkeypatch.setattr(finetune, "train_fast", no_fast_path)
+    settings = LoraSettings(steps=1, batch_size=2, warmup_steps=0, r=2, alpha=4)
+    result = finetune_lora(tiny_llama, tokenizer, conversations(4), settings, progress=False)
+    assert result.path == "trainer" and "cpu" in result.details["why"]
+
+
+def test_fast_path_non_finite_loss_is_the_trainers_error(tiny_llama, tokenizer):
+    settings = LoraSettings(steps=2, batch_size=4, learning_rate=1e30, warmup_steps=0, r=2, alpha=4, fast=True)
+    with pytest.raises(NonFiniteLossError, match="at step 2") as caught:
+        finetune_lora(tiny_llama, tokenizer, conversations(4), settings, progress=False)
+    assert caught.value.step == 2 and [r["step"] for r in caught.value.history] == [1]
+
+
+def test_fast_path_says_which_path_ran(tiny_llama, tokenizer, capsys):
+    finetune_lora(tiny_llama, tokenizer, conversations(4), LoraSettings(steps=1, batch_size=4, r=2, alpha=4, fast=True))
+    assert "fast path" in capsys.readouterr().out
+    assert TrainResult(model=None, history=[], seconds=0.0).path == "trainer"
