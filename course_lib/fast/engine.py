@@ -16,8 +16,8 @@ token-weighted loss, so their loss curves agree; the fast path just spends the G
 * no LoRA dropout (its random masks cost a pass over every activation and barely regularise short runs);
 * Liger's Triton kernels for RMSNorm/SwiGLU/RoPE when the `liger-kernel` package is installed (GPU only);
 * memory planned against a limit: a 4-bit base's dequantized weights cached in spare memory first, then gradient
-  checkpointing on only as many layers as the rest demands; `torch.compile` only when asked (unmeasured:
-  on an H200 a 30-step run had not finished after 150 s);
+  checkpointing on only as many layers as the rest demands; `torch.compile` only when asked (it has no
+  measured speed: tests/benchmarks/README.md);
 * q/k/v and gate/up as one LoRA group each (`fast.lora.group_lora`): their shared input read once;
 * adapters, gradients and fp32 masters in one flat buffer each: the optimizer step is a handful of kernels;
 * each micro-batch's forward and backward replayed as a CUDA graph (`fast.graphs`), padded to one of a few sizes

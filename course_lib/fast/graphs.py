@@ -1,8 +1,8 @@
 """CUDA graphs for the fast path: a micro-batch's whole forward and backward pass launched as one graph.
 
-A LoRA step over the ~7,000 real tokens of 32 instruction examples is thousands of small kernels. On an H200 the
-host (Python, autograd and about 4,000 kernel launches a step) took longer than the GPU: a 135M-shaped step kept the
-GPU busy 40 of 268 ms. A CUDA graph records the kernels of one forward-and-backward pass once; a replay launches
+A LoRA step over 32 instruction examples is thousands of small kernels. On a fast GPU the host (Python, autograd
+and the kernel launches of a step) takes longer than the GPU, which then waits (the profile is in
+tests/benchmarks/README.md). A CUDA graph records the kernels of one forward-and-backward pass once; a replay launches
 all of them at once, so the host stops setting the pace.
 
 Graphs replay fixed shapes, so:

@@ -66,7 +66,7 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and varlen is not None \
             and _flash_capable(query.device):
         # squeeze, not [0]: indexing's backward writes the gradient into a fresh zeroed tensor (a fill and a strided
-        # copy per tensor and layer, 5 % of an H200's step time on the 1.7B shape); squeeze's backward is a view
+        # copy per tensor and layer, a visible share of a large model's step time); squeeze's backward is a view
         q, k, v = (t.squeeze(0).transpose(0, 1) for t in (query, key, value))  # [T, heads, head_dim]
         params = _signature(varlen)
         extra = {}

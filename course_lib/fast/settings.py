@@ -38,8 +38,8 @@ class FastSettings:
     dense_cache: bool = True  # 4-bit base: keep dequantized weights in whatever memory the limit leaves spare
     optimizer: str = "auto"  # "fused" AdamW, "paged8bit" (bitsandbytes), "plain", or auto
     liger: bool | str = "auto"
-    compile: bool | str = False  # torch.compile each decoder layer (dynamic shapes; turns Liger off); on an H200
-    # a 30-step run of the 135M shape had not finished after 150 s, so it has no measured speed
+    compile: bool | str = False  # torch.compile each decoder layer (dynamic shapes; turns Liger off); a run did
+    # not finish within the benchmark's timeout, so it has no measured speed (tests/benchmarks/README.md)
     cuda_graphs: bool | str = "auto"  # replay each micro-batch's forward+backward as a CUDA graph (fast.graphs);
     # auto: on a GPU with flash attention and no dropout. True on a CPU runs the same padded shapes without graphs
     max_graphs: int = 8  # at most this many graph sizes; micro-batches are padded up to the nearest
