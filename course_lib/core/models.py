@@ -128,12 +128,28 @@ def converted_dir(spec: ModelSpec) -> Path:
     pkg_version = version(spec.package_pip) if spec.package_pip else "0"
     target = cache_dir() / "models" / f"{spec.key}-{pkg_version}"
     if (target / "config.json").exists():
+        _share(target)
         return target
     source = package_dir(spec)
     if source is None or spec.gguf_file is None:
         raise ModelNotAvailable(_missing_message(spec, f"the package {spec.package_pip!r} is not installed"))
     _convert_gguf(source, spec.gguf_file, target, spec.eos_token)
     return target
+
+
+def _share(folder: Path) -> None:
+    """Let every user read a converted model, as the umask allows (mkdtemp makes 0700 folders, and the grading
+    sandbox runs kernels as another user); fixes folders converted before this was done."""
+    if folder.stat().st_mode & 0o077:
+        return  # already shared, or the owner chose otherwise
+    umask = os.umask(0)
+    os.umask(umask)
+    if (0o755 & ~umask) & 0o077 == 0:
+        return  # a private umask: keep it private
+    os.chmod(folder, 0o755 & ~umask)
+    for path in folder.iterdir():
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, path.stat().st_mode | (0o644 & ~umask))
 
 
 def _convert_gguf(source: Path, gguf_file: str, target: Path, eos_token: str | None = None) -> None:
@@ -156,6 +172,7 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path, eos_token: str | N
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _share(tmp)
         try:
             tmp.rename(target)  # atomic: a reader never sees a half-written folder
         except OSError:

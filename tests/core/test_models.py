@@ -106,3 +106,23 @@ def test_a_cache_converted_with_the_wrong_eos_is_corrected(tmp_path, monkeypatch
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     monkeypatch.setattr(models, "resolve", lambda name: (str(tmp_path), {}))
     assert models.load_tokenizer("default").eos_token == "<|im_end|>"
+
+
+def test_a_converted_model_is_readable_by_the_grading_sandboxs_user(tmp_path):
+    """mkdtemp makes 0700 folders; kernels graded as root run as another user and must still load the model."""
+    import os
+    import stat
+
+    from course_lib.core.models import _share
+
+    folder = tmp_path / "model"
+    folder.mkdir(mode=0o700)
+    (folder / "model.safetensors").write_bytes(b"x")
+    os.chmod(folder / "model.safetensors", 0o600)
+    old = os.umask(0o022)
+    try:
+        _share(folder)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o644
