@@ -1,27 +1,31 @@
 """Grade a folder of submissions (an LMS export) into a gradebook, a CSV and per-student feedback.
 
-Each entry of the folder is one student: a folder, or a .zip file, holding their notebooks anywhere inside.
-Everything the run produces lives in one output folder, and the run can be repeated: a notebook whose file
-has not changed since it was graded is not run again, so an interrupted run continues where it stopped.
+Each entry of the folder is one student (see `intake` for how entries, ids and files are read). Everything the run
+produces lives in one output folder, and the run can be repeated: a notebook whose file (and solution) has not
+changed since it was graded is not run again, so an interrupted run continues where it stopped. The batch always
+finishes: a notebook that makes the grader raise gets a failed row with the reason, and one that killed an earlier
+run outright is recorded as failed instead of being run again.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import html
 import json
-import re
-import shutil
-import zipfile
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from course_lib.instructor.grading import CELL_TIMEOUT_S, Course, NotebookGrade
+import nbformat
+
+from course_lib.instructor import intake
+from course_lib.instructor.feedback import write_feedback
+from course_lib.instructor.grading import CELL_TIMEOUT_S, CellGrade, Course, NotebookGrade
 from course_lib.instructor.sandbox import Limits
 
-MAX_UNZIPPED_BYTES = 200 * 2**20
+STATE_VERSION = 2
+COLUMNS = ["student", "name", "notebook", "exercise", "score", "max_score", "note"]
 
 
 @dataclass(frozen=True)
@@ -33,44 +37,7 @@ class BatchResult:
     gradebook: Path
     feedback: Path
     reused: int  # notebooks not run again because they were graded before
-
-
-def student_id(name: str) -> str:
-    """A safe student id from a file or folder name (nbgrader uses it in paths)."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
-    if not cleaned:
-        raise ValueError(f"cannot make a student id from {name!r}")
-    return cleaned
-
-
-def unpack_zip(archive: Path, into: Path) -> Path:
-    """Extract a student's .zip safely: no absolute paths, no `..`, no links, a size cap."""
-    into.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(archive) as zipped:
-        members = zipped.infolist()
-        if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
-            raise ValueError(f"{archive.name}: unpacks to more than {MAX_UNZIPPED_BYTES // 2**20} MiB")
-        for member in members:
-            target = (into / member.filename).resolve()
-            if not target.is_relative_to(into.resolve()) or (member.external_attr >> 16) & 0o170000 == 0o120000:
-                raise ValueError(f"{archive.name}: unsafe entry {member.filename!r}")
-        zipped.extractall(into)
-    return into
-
-
-def find_notebook(folder: Path, stem: str) -> tuple[Path | None, str]:
-    """The student's copy of notebook `stem` (the shallowest match), and a note when it is ambiguous or misnamed."""
-    found = sorted((p for p in folder.rglob(f"{stem}.ipynb") if ".ipynb_checkpoints" not in p.parts),
-                   key=lambda p: (len(p.parts), str(p)))
-    if found:
-        return found[0], (f"{len(found)} copies of {stem}.ipynb; graded {found[0].relative_to(folder)}"
-                          if len(found) > 1 else "")
-    others = sorted({p.name for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts})
-    return None, (f"found {', '.join(others)} but no {stem}.ipynb" if others else "")
-
-
-def _sha256(path: Path | None) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path else "missing"
+    names: dict[str, str]  # student id -> the name the export gave
 
 
 def grade_folder(submissions: Path, solutions: list[Path], out: Path,
@@ -82,38 +49,124 @@ def grade_folder(submissions: Path, solutions: list[Path], out: Path,
         raise FileNotFoundError(f"submissions folder not found: {submissions}")
     out.mkdir(parents=True, exist_ok=True)
     course = Course(solutions, root=out / "nbgrader", timeout=timeout, limits=limits)
-    state_path = out / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    grades, reused = [], 0
-    for entry in sorted(p for p in submissions.iterdir() if not p.name.startswith(".")):
-        student = student_id(entry.stem if entry.suffix == ".zip" else entry.name)
-        folder, problem = entry, ""
-        if entry.suffix == ".zip":
-            try:
-                folder = unpack_zip(entry, out / "unpacked" / student)
-            except (ValueError, zipfile.BadZipFile) as error:
-                folder, problem = None, f"{entry.name} could not be unpacked: {error}"
-        elif not entry.is_dir():
-            progress(f"skipped {entry.name}: neither a folder nor a .zip")
-            continue
+    solution_keys = {Path(p).stem: _sha256(Path(p).read_bytes())[:16] for p in solutions}
+    state_path, csv_path = out / "state.json", out / "grades.csv"
+    state = _load_state(state_path, progress)
+    students = intake.open_submissions(submissions, course.stems, out / "intake", progress, skip=(out,))
+    grades: list[NotebookGrade] = []
+    names = {s.student: s.name for s in students}
+    reused = 0
+    _write_csv(grades, names, csv_path)
+    for submission in students:
         for stem in course.stems:
-            notebook, note = find_notebook(folder, stem) if folder else (None, problem)
-            key = _sha256(notebook)
-            done = state.get(student, {}).get(stem)
-            if done and done["sha256"] == key:
-                grade = course._read(stem, student, done["note"])
-                reused += 1
-            else:
-                grade = course.autograde(stem, student, notebook)
-                note = "; ".join(filter(None, [note, grade.note]))
-                grade = NotebookGrade(grade.notebook, grade.student, grade.cells, note)
-                _write_feedback(course, grade, out / "feedback" / student)
-                state.setdefault(student, {})[stem] = {"sha256": key, "note": grade.note}
-                _atomic_write(state_path, json.dumps(state, indent=1))
+            grade, was_reused = _grade_one(course, submission, stem, solution_keys[stem], state, state_path, out)
+            reused += was_reused
             grades.append(grade)
-            progress(f"{student} {stem}: {grade.score:g}/{grade.max_score:g}" + (f" ({grade.note})" if grade.note else ""))
-    csv_path = _write_csv(grades, out / "grades.csv")
-    return BatchResult(grades, csv_path, course.root / "gradebook.db", out / "feedback", reused)
+            label = submission.student if submission.name == submission.student else \
+                f"{submission.student} ({submission.name})"
+            progress(f"{label} {stem}: {grade.score:g}/{grade.max_score:g}" + (f" ({grade.note})" if grade.note else ""))
+        _write_csv(grades, names, csv_path)  # after every student: a killed run leaves a usable CSV
+    return BatchResult(grades, csv_path, course.root / "gradebook.db", out / "feedback", reused, names)
+
+
+def _grade_one(course: Course, submission: intake.Submission, stem: str, solution_key: str, state: dict,
+               state_path: Path, out: Path) -> tuple[NotebookGrade, bool]:
+    """One notebook of one student: reused, graded, or failed with its reason; its state saved and feedback written."""
+    student, notebook = submission.student, submission.notebooks.get(stem)
+    intake_note = submission.notes.get(stem, "")
+    key = (_sha256(notebook.read_bytes()) if notebook else "missing") + ":" + solution_key
+    done = state["students"].get(student, {}).get(stem)
+    grade, grader_note, status = None, "", "graded"
+    if done and done.get("sha256") == key:
+        if done.get("status") == "running":
+            status, grader_note = "failed", ("the grader stopped while grading this notebook in an earlier run, so it "
+                                             "was not run again (delete its entry in state.json to retry)")
+        else:
+            status, grader_note = done.get("status", "graded"), done.get("note", "")
+        grade = _reuse(course, stem, student, status, grader_note)
+    was_reused = grade is not None
+    if grade is None:
+        # marked before running: if this notebook kills the whole grader, the next run skips it
+        _save(state, state_path, student, stem, {"sha256": key, "status": "running"})
+        try:
+            grade = course.autograde(stem, student, notebook)
+            grader_note = grade.note
+        except KeyboardInterrupt:
+            _save(state, state_path, student, stem, None)
+            raise
+        except Exception as error:  # the batch must finish: this notebook fails, the others are graded
+            status, grader_note = "failed", f"the grader failed on this notebook: {intake.describe(error)}"
+            _log_error(out, student, stem, error)
+            grade = _failed(course, stem, student, grader_note)
+    note = "; ".join(filter(None, [intake_note, grader_note]))
+    grade = NotebookGrade(grade.notebook, grade.student, grade.cells, note)
+    if not was_reused or done.get("status") == "running":
+        _save(state, state_path, student, stem, {"sha256": key, "status": status, "note": grader_note})
+    try:
+        write_feedback(grade, out / "feedback" / student, submission.name)
+    except Exception as error:  # the grade stands; the instructor learns the page is missing
+        _log_error(out, student, stem, error)
+        grade = NotebookGrade(grade.notebook, grade.student, grade.cells,
+                              "; ".join(filter(None, [note, f"feedback could not be written: {intake.describe(error)}"])))
+    return grade, was_reused
+
+
+def _reuse(course: Course, stem: str, student: str, status: str, note: str) -> NotebookGrade | None:
+    """An earlier run's grade from the gradebook, or None when it cannot be read (then the notebook is graded again)."""
+    if status == "failed":
+        return _failed(course, stem, student, note)
+    try:
+        return course._read(stem, student, note)
+    except Exception:  # a gradebook deleted or out of step with state.json: grade it again
+        return None
+
+
+def _failed(course: Course, stem: str, student: str, reason: str) -> NotebookGrade:
+    """Zero on every graded cell, recorded in the gradebook when it can be, with `reason` as the note."""
+    try:
+        zero = course.autograde(stem, student, None)
+        cells = tuple(CellGrade(c.name, 0.0, c.max_score) for c in zero.cells)
+    except Exception:  # the gradebook itself is what broke: take the cells from the released notebook
+        released = nbformat.read(course.student_notebook(stem), as_version=4)
+        cells = tuple(CellGrade(c.metadata["nbgrader"]["grade_id"], 0.0, float(c.metadata["nbgrader"]["points"]))
+                      for c in released.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade"))
+    return NotebookGrade(stem, student, cells, reason)
+
+
+def _load_state(path: Path, progress: Callable[[str], None]) -> dict:
+    """What earlier runs finished; a missing, unreadable or older state file means starting afresh."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(state, dict) and state.get("version") == STATE_VERSION and isinstance(state.get("students"), dict):
+            return state
+        progress(f"{path.name} is from an older grader: grading everything again")
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        progress(f"{path.name} could not be read: grading everything again")
+    return {"version": STATE_VERSION, "students": {}}
+
+
+def _save(state: dict, path: Path, student: str, stem: str, entry: dict | None) -> None:
+    notebooks = state["students"].setdefault(student, {})
+    if entry is None:
+        notebooks.pop(stem, None)
+    else:
+        notebooks[stem] = entry
+    _atomic_write(path, json.dumps(state, indent=1, ensure_ascii=False))
+
+
+def _log_error(out: Path, student: str, stem: str, error: BaseException) -> None:
+    """The whole traceback for the instructor, next to the CSV (the row holds one line)."""
+    try:
+        with (out / "errors.log").open("a", encoding="utf-8", errors="backslashreplace") as log:
+            log.write(f"--- {student} {stem}\n{''.join(traceback.format_exception(error))}\n")
+    except OSError:  # a full disk must not turn one failed notebook into a failed batch
+        pass
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -122,31 +175,19 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _write_csv(grades: list[NotebookGrade], path: Path) -> Path:
+def _text(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading = + - @ would otherwise make it a formula."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _write_csv(grades: list[NotebookGrade], names: dict[str, str], path: Path) -> Path:
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["student", "notebook", "exercise", "score", "max_score", "note"])
+        writer.writerow(COLUMNS)
         for grade in grades:
             for cell in grade.cells:
-                writer.writerow([grade.student, grade.notebook, cell.name, f"{cell.score:g}", f"{cell.max_score:g}",
-                                 grade.note])
+                writer.writerow([grade.student, _text(names.get(grade.student, grade.student)), grade.notebook,
+                                 cell.name, f"{cell.score:g}", f"{cell.max_score:g}", _text(grade.note)])
     tmp.replace(path)
     return path
-
-
-def _write_feedback(course: Course, grade: NotebookGrade, folder: Path) -> None:
-    """nbgrader's HTML feedback (failed tests with their messages), with our note on top; a plain page otherwise."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{grade.notebook}.html"
-    header = (f"<p><b>{html.escape(grade.notebook)}: {grade.score:g} / {grade.max_score:g}</b>"
-              + (f" &mdash; {html.escape(grade.note)}" if grade.note else "") + "</p>")
-    produced = course.root / "feedback" / grade.student / grade.notebook / f"{grade.notebook}.html"
-    shutil.rmtree(produced.parent, ignore_errors=True)
-    if course.autograded_notebook(grade.notebook, grade.student).exists() and course.feedback(grade.notebook, grade.student):
-        body = produced.read_text(encoding="utf-8")
-        body = body.replace("<body>", "<body>" + header, 1) if "<body>" in body else header + body
-    else:
-        rows = "".join(f"<li>{html.escape(c.name)}: {c.score:g} / {c.max_score:g}</li>" for c in grade.cells)
-        body = f"<html><body>{header}<ul>{rows}</ul></body></html>"
-    _atomic_write(target, body)
