@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -16,8 +16,9 @@ from typing import Iterator
 import nbformat
 from traitlets.config import Config
 
+from course_lib.instructor import intake, verdict
 from course_lib.instructor.execute import KERNEL_NAME, SafeExecute, install_kernelspec
-from course_lib.instructor.sandbox import Limits
+from course_lib.instructor.sandbox import Limits, layers
 
 CELL_TIMEOUT_S = 120
 
@@ -29,6 +30,7 @@ class CellGrade:
     name: str
     score: float
     max_score: float
+    message: str = ""  # why it failed: the error it raised, or the check whose report differs from the reference's
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class NotebookGrade:
         return {c.name: c.score for c in self.cells}
 
 
-def _api(root: Path, timeout: int = CELL_TIMEOUT_S, sandbox: bool = True):
+def _api(root: Path, timeout: int = CELL_TIMEOUT_S, sandbox: bool = True, limits: Limits | None = None):
     from nbgrader.apps import NbGraderAPI
     from nbgrader.converters import Autograde
 
@@ -68,7 +70,8 @@ def _api(root: Path, timeout: int = CELL_TIMEOUT_S, sandbox: bool = True):
     ]
     config.SafeExecute.kernel_name = KERNEL_NAME
     config.SafeExecute.timeout = timeout
-    config.SafeExecute.allow_errors = True  # a failing exercise must not stop the later ones from being graded
+    config.SafeExecute.notebook_timeout = (limits or Limits()).notebook_seconds
+    config.SafeExecute.max_notebook_output_bytes = (limits or Limits()).output_bytes
     config.OverwriteCells.add_missing_cells = True  # a deleted test cell comes back and fails, not vanishes
     return NbGraderAPI(config=config)
 
@@ -103,8 +106,12 @@ class Course:
 
     def __init__(self, solutions: list[Path], root: Path | None = None, timeout: int = CELL_TIMEOUT_S,
                  limits: Limits | None = None, sandbox: bool = True):
-        self.root = Path(root or tempfile.mkdtemp(prefix="course-nbgrader-"))
-        self.api = _api(self.root, timeout, sandbox)
+        # absolute: nbgrader resolves a relative root against folders it changes into
+        self.root = Path(root or tempfile.mkdtemp(prefix="course-nbgrader-")).resolve()
+        self.sandbox = sandbox
+        if sandbox and (why := layers()["namespaces"]):
+            raise RuntimeError(f"cannot grade untrusted notebooks here: the sandbox needs Linux namespaces ({why})")
+        self.api = _api(self.root, timeout, sandbox, limits)
         install_kernelspec(self.root / "jupyter", limits or Limits())
         self.stems = []
         changed = []
@@ -135,20 +142,72 @@ class Course:
         shutil.rmtree(self.autograded_notebook(stem, student).parent, ignore_errors=True)
         if notebook is None or not Path(notebook).is_file():
             return self._zero(stem, student, f"no {stem}.ipynb in the submission")
-        problem = _unreadable(Path(notebook))
-        if problem:
-            return self._zero(stem, student, f"{Path(notebook).name} is not a valid notebook: {problem}")
         target.mkdir(parents=True)
-        shutil.copy(notebook, target / f"{stem}.ipynb")
-        jupyter_path = os.pathsep.join(filter(None, [str(self.root / "jupyter"), os.environ.get("JUPYTER_PATH")]))
-        with _tools_env(COURSE_PROFILE=profile, JUPYTER_PATH=jupyter_path):
+        repaired, repairs = intake.repair_notebook(Path(notebook), self.student_notebook(stem), target)
+        if repaired is None:
+            return self._zero(stem, student, "; ".join(repairs))
+        repaired.rename(target / f"{stem}.ipynb")
+        with self._kernel_env(profile):
             result = self.api.autograde(stem, student, force=True)
         if not result.get("success"):
-            last = (result.get("error") or result.get("log") or "unknown error").strip().splitlines()[-1]
-            return self._zero(stem, student, f"the grader could not run this notebook: {last[:200]}")
-        notes = _tampering(Path(notebook), self.student_notebook(stem)) + _incidents(self.autograded_notebook(stem, student))
-        notes += _machinery(Path(notebook), self.student_notebook(stem))
+            return self._zero(stem, student, f"the grader could not run this notebook: {_cause(result)}")
+        if self.sandbox:
+            self._judge(stem, student, self.reference_reports(stem, profile))
+        notes = repairs + _tampering(target / f"{stem}.ipynb", self.student_notebook(stem))
+        notes += _incidents(self.autograded_notebook(stem, student))
         return self._read(stem, student, "; ".join(notes))
+
+    def _kernel_env(self, profile: str) -> contextlib.AbstractContextManager[None]:
+        jupyter_path = os.pathsep.join(filter(None, [str(self.root / "jupyter"), os.environ.get("JUPYTER_PATH")]))
+        return _tools_env(COURSE_PROFILE=profile, JUPYTER_PATH=jupyter_path)
+
+    def reference_reports(self, stem: str, profile: str = "grade") -> dict[str, list[dict]]:
+        """What the reference solution's graded cells report, by grade id: run once in the sandbox, then cached."""
+        source = self.root / "source" / stem / f"{stem}.ipynb"
+        key = hashlib.sha256(source.read_bytes() + profile.encode()).hexdigest()
+        cache = self.root / "reference" / f"{stem}.json"
+        if cache.exists():
+            cached = json.loads(cache.read_text(encoding="utf-8"))
+            if cached.get("key") == key:
+                return cached["reports"]
+        notebook = nbformat.read(source, as_version=4)
+        with tempfile.TemporaryDirectory(prefix="course-reference-") as folder, self._kernel_env(profile):
+            SafeExecute(config=self.api.config).preprocess(notebook, {"metadata": {"path": folder}})
+        found, failing = {}, []
+        for cell in _graded_tests_of(notebook):
+            grade_id = cell.metadata["nbgrader"]["grade_id"]
+            found[grade_id] = verdict.reports(cell)
+            if verdict.first_error(cell):
+                failing.append(f"{grade_id} ({verdict.first_error(cell)})")
+        if failing:
+            raise RuntimeError(f"the reference solution of {stem} fails its own tests: {'; '.join(failing)}")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "reports": found}), encoding="utf-8")
+        return found
+
+    def _judge(self, stem: str, student: str, expected: dict[str, list[dict]]) -> None:
+        """Score every graded cell here, in the grader: it passes when it raised nothing and its reports match."""
+        from nbgrader.api import Gradebook
+
+        messages = self._messages(stem, student, expected)
+        with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}", "course") as gradebook:
+            for grade in gradebook.find_submission_notebook(stem, stem, student).grades:
+                if grade.name in messages:
+                    grade.auto_score = 0 if messages[grade.name] else grade.max_score
+                    grade.manual_score = None
+                    grade.needs_manual_grade = False
+            gradebook.db.commit()
+
+    def _messages(self, stem: str, student: str, expected: dict[str, list[dict]] | None = None) -> dict[str, str]:
+        """Why each graded cell of an autograded notebook failed ('' where it passed)."""
+        path = self.autograded_notebook(stem, student)
+        if not path.exists():
+            return {}
+        if expected is None:
+            cache = self.root / "reference" / f"{stem}.json"
+            expected = json.loads(cache.read_text(encoding="utf-8"))["reports"] if cache.exists() else {}
+        return {c.metadata["nbgrader"]["grade_id"]: verdict.judge(c, expected.get(c.metadata["nbgrader"]["grade_id"], []))
+                for c in _graded_tests_of(nbformat.read(path, as_version=4))}
 
     def feedback(self, stem: str, student: str) -> bool:
         """Write nbgrader's HTML feedback for an autograded notebook; False when nbgrader could not."""
@@ -164,7 +223,10 @@ class Course:
 
         with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}", "course") as gradebook:
             submitted = gradebook.find_submission_notebook(stem, stem, student)
-            cells = tuple(CellGrade(g.name, float(g.score or 0.0), float(g.max_score)) for g in submitted.grades)
+            scores = [(g.name, float(g.score or 0.0), float(g.max_score)) for g in submitted.grades]
+        messages = self._messages(stem, student)
+        cells = tuple(CellGrade(name, score, top, messages.get(name, "") if score < top else "")
+                      for name, score, top in scores)
         return NotebookGrade(notebook=stem, student=student, cells=cells, note=note)
 
     def _zero(self, stem: str, student: str, note: str) -> NotebookGrade:
@@ -205,16 +267,6 @@ def release(solutions_dir: Path, notebooks_dir: Path) -> list[Path]:
         course.cleanup()
 
 
-def _unreadable(path: Path) -> str:
-    """Why a file is not a notebook nbgrader can grade, or an empty string."""
-
-    try:
-        nbformat.validate(nbformat.read(path, as_version=4))
-    except Exception as error:  # JSON errors, schema errors, wrong encodings: all mean "not a notebook"
-        return str(error).strip().splitlines()[0][:200] or type(error).__name__
-    return ""
-
-
 def _tampering(submitted: Path, released: Path) -> list[str]:
     """Test cells the student deleted or edited (nbgrader restores them from the instructor's copy)."""
     original = {c.metadata["nbgrader"]["grade_id"]: c.source for c in _graded_tests(released)}
@@ -225,27 +277,23 @@ def _tampering(submitted: Path, released: Path) -> list[str]:
     return notes
 
 
-# Code that reaches into the kernel, the interpreter or the grader can fake a pass from inside the kernel;
-# no in-process check can rule that out, so such a submission is flagged for a person to read.
-_MACHINERY = re.compile(r"get_ipython|IPython|run_cell|showtraceback|builtins|sys\.modules|ctypes|gc\.get_objects"
-                        r"|sys\.settrace|__code__|nbgrader")
-
-
-def _machinery(submitted: Path, released: Path) -> list[str]:
-    """A note when the learner's own code (cells that differ from the release) touches the grader's machinery."""
-
-    given = {c.source for c in nbformat.read(released, as_version=4).cells}
-    cells = nbformat.read(submitted, as_version=4).cells
-    mine = [c.source for c in cells if c.cell_type == "code" and c.source not in given
-            and not c.get("metadata", {}).get("nbgrader", {}).get("grade")]
-    hits = sorted({m.group(0) for source in mine for m in _MACHINERY.finditer(source)})
-    return [f"code uses {', '.join(hits)}: check this grade by hand"] if hits else []
-
-
 def _graded_tests(path: Path) -> list:
+    return _graded_tests_of(nbformat.read(path, as_version=4))
 
-    cells = nbformat.read(path, as_version=4).cells
-    return [c for c in cells if c.get("metadata", {}).get("nbgrader", {}).get("grade") and c.cell_type == "code"]
+
+def _graded_tests_of(notebook) -> list:
+    return [c for c in notebook.cells
+            if c.get("metadata", {}).get("nbgrader", {}).get("grade") and c.cell_type == "code"]
+
+
+def _cause(result: dict) -> str:
+    """The line of nbgrader's log that says what went wrong, not its 'see the above traceback'."""
+    lines = [line.strip() for line in f"{result.get('log') or ''}\n{result.get('error') or ''}".splitlines()]
+    useless = ("see the above traceback", "see the the above traceback", "Traceback (most recent call last)")
+    causes = [line for line in lines if line and ("Error" in line or "Exception" in line)
+              and not any(u in line for u in useless)]
+    cause = causes[-1] if causes else next((line for line in reversed(lines) if line), "unknown error")
+    return cause[:300]
 
 
 _INCIDENTS = {
