@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from nbconvert import HTMLExporter
 from packaging.requirements import Requirement
 from packaging.version import Version
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from course_lib import __version__
@@ -35,6 +37,7 @@ from course_lib.core.models import (
 from course_lib.core.runtime import detect_device, get_profile, in_colab, quiet
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.grading import leaked_markers, notebook_json, release
+from course_lib.instructor.sandbox import layers
 
 console = Console()
 REPO = Path(__file__).resolve().parents[2]  # the repository: course_lib/instructor/cli.py
@@ -91,6 +94,10 @@ def doctor_command(_args: argparse.Namespace) -> int:
             console.print(f"model {line}")
         except ModelNotAvailable as error:
             problems.append(str(error))
+    missing = {name: why for name, why in layers().items() if why}
+    console.print("grading sandbox: " + ("every layer available" if not missing else
+                                         "[yellow]missing " + "; ".join(f"{n} ({w})" for n, w in missing.items())
+                                         + "[/yellow] (only `course grade` needs it)"))
     for problem in problems:
         console.print(f"[red]problem:[/red] {problem}")
     console.print("[green]all good[/green]" if not problems else f"[red]{len(problems)} problem(s)[/red]")
@@ -202,13 +209,21 @@ def grade_command(args: argparse.Namespace) -> int:
         if missing := set(args.notebook) - {p.stem for p in solutions}:
             console.print(f"[red]no solution notebook named {', '.join(sorted(missing))} in {args.solutions}[/red]")
             return 2
+    # nbgrader's gradebook warns about its own session handling on every student: nothing an instructor can act on
+    warnings.filterwarnings("ignore", message=".*not in session.*")
+    missing = {name: why for name, why in layers().items() if why}
+    if "namespaces" in missing:
+        console.print(f"[red]cannot grade here: the sandbox needs Linux namespaces ({missing['namespaces']})[/red]")
+        return 2
+    for name, why in missing.items():
+        console.print(f"[yellow]grading without the sandbox layer '{name}': {why}[/yellow]")
     started = time.perf_counter()
-    result = grade_folder(Path(args.submissions), solutions, Path(args.output), progress=console.print)
+    result = grade_folder(Path(args.submissions), solutions, Path(args.output), progress=lambda line: console.print(line, markup=False, highlight=False))
     table = Table(title=f"grades ({time.perf_counter() - started:.0f} s, {result.reused} reused from an earlier run)")
     for column in ("student", "notebook", "score", "note"):
         table.add_column(column)
     for g in result.grades:
-        table.add_row(g.student, g.notebook, f"{g.score:g} / {g.max_score:g}", g.note)
+        table.add_row(escape(g.student), g.notebook, f"{g.score:g} / {g.max_score:g}", escape(g.note))
     console.print(table)
     console.print(f"gradebook: {result.gradebook}\ngrades: {result.csv}\nfeedback: {result.feedback}")
     return 0
