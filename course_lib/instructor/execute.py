@@ -85,6 +85,14 @@ class SafeExecute(Execute):
         km.connection_file = str(self._box / "kernel.json")
         return km
 
+    async def async_start_new_kernel_client(self):
+        try:
+            return await super().async_start_new_kernel_client()
+        except RuntimeError as error:  # "kernel died before replying": the sandbox's log says why
+            log = self._box / "kernel.log"
+            why = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+            raise RuntimeError(f"{error}: {why[0][:300]}" if why else str(error)) from None
+
     def _get_timeout(self, cell):
         left = max(1, int(self._deadline - time.monotonic()))
         timeout = super()._get_timeout(cell)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -287,13 +288,15 @@ def _graded_tests_of(notebook) -> list:
 
 
 def _cause(result: dict) -> str:
-    """The line of nbgrader's log that says what went wrong, not its 'see the above traceback'."""
+    """The exception nbgrader's log names as the cause, not its 'see the above traceback'."""
     lines = [line.strip() for line in f"{result.get('log') or ''}\n{result.get('error') or ''}".splitlines()]
-    useless = ("see the above traceback", "see the the above traceback", "Traceback (most recent call last)")
-    causes = [line for line in lines if line and ("Error" in line or "Exception" in line)
-              and not any(u in line for u in useless)]
-    cause = causes[-1] if causes else next((line for line in reversed(lines) if line), "unknown error")
+    raised = [line for line in lines if _RAISED.match(line) and "NbGraderException" not in line]
+    cause = raised[-1] if raised else next((line for line in reversed(lines) if line), "unknown error")
     return cause[:300]
+
+
+# a traceback's last line: "module.SomeError: message"
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Timeout)\b(:|$)")
 
 
 _INCIDENTS = {

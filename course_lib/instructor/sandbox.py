@@ -246,6 +246,10 @@ def _build_root(box: Path, limits: Limits) -> None:
     root = box / ".root"
     root.mkdir()
     _mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=16m,mode=755")
+    # the private folders first: a checkout or a box under /tmp is bound inside the new /tmp, not hidden by it
+    for folder, size in (("tmp", limits.tmp_bytes), (str(HOME)[1:], limits.tmp_bytes)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        _mount("tmpfs", root / folder, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
     covered: list[Path] = []
     for path in sorted(readable_paths(), key=lambda p: len(p.parts)):
         if not any(path.is_relative_to(c) for c in covered):
@@ -255,10 +259,7 @@ def _build_root(box: Path, limits: Limits) -> None:
         target = root / path.relative_to("/")
         if target.is_dir():
             _mount("tmpfs", target, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "size=4k,mode=755")
-    for folder, size in (("tmp", limits.tmp_bytes), (str(HOME)[1:], limits.tmp_bytes)):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        _mount("tmpfs", root / folder, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
-    _bind(box, root, writable=True, recursive=False)  # after /tmp, where the box usually lies
+    _bind(box, root, writable=True, recursive=False)
     dev = root / "dev"
     dev.mkdir(exist_ok=True)
     _mount("tmpfs", dev, "tmpfs", _MS_NOSUID | _MS_NOEXEC, "size=64k,mode=755")

@@ -45,6 +45,7 @@ def test_a_grader_failure_names_its_cause_not_the_traceback_above():
     log = ("[AutogradeApp | ERROR] There was an error processing assignment: x\n"
            "Traceback (most recent call last):\n  File \"a.py\", line 1\n"
            "sqlalchemy.exc.OperationalError: unable to open database file\n"
+           "Traceback (most recent call last):\n    raise NbGraderException(msg)\n"
            "[AutogradeApp | ERROR] Please see the the above traceback for details on the specific errors\n")
     result = {"success": False, "log": log,
               "error": "nbgrader.converters.base.NbGraderException: Please see the the above traceback for details"}
