@@ -42,11 +42,14 @@ def tiny_llama(tokenizer):
 
 
 @pytest.fixture(scope="session")
-def course():
-    """One nbgrader course holding every solution notebook, shared by all grading tests."""
+def course(tmp_path_factory):
+    """One nbgrader course holding every solution notebook, shared by all grading tests of a worker; the xdist
+    workers of one run share the reference solutions' reports, so each reference runs once, not once a worker."""
     from course_lib.instructor import grading
 
-    built = grading.Course(SOLUTIONS)
+    run = tmp_path_factory.getbasetemp()
+    shared = run.parent if os.environ.get("PYTEST_XDIST_WORKER") else run
+    built = grading.Course(SOLUTIONS, references=shared / "references")
     yield built
     built.cleanup()
 

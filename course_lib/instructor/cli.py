@@ -36,8 +36,8 @@ from course_lib.core.models import (
 )
 from course_lib.core.runtime import detect_device, get_profile, in_colab, quiet
 from course_lib.instructor.batch import grade_folder
-from course_lib.instructor.grading import leaked_markers, notebook_json, release
-from course_lib.instructor.sandbox import layers
+from course_lib.instructor.grading import CELL_TIMEOUT_S, leaked_markers, notebook_json, release
+from course_lib.instructor.sandbox import Limits, layers
 
 console = Console()
 REPO = Path(__file__).resolve().parents[2]  # the repository: course_lib/instructor/cli.py
@@ -218,7 +218,9 @@ def grade_command(args: argparse.Namespace) -> int:
     for name, why in missing.items():
         console.print(f"[yellow]grading without the sandbox layer '{name}': {why}[/yellow]")
     started = time.perf_counter()
-    result = grade_folder(Path(args.submissions), solutions, Path(args.output), progress=lambda line: console.print(line, markup=False, highlight=False))
+    limits = Limits(notebook_seconds=args.notebook_timeout, memory_bytes=int(args.memory_gb * 2**30))
+    result = grade_folder(Path(args.submissions), solutions, Path(args.output), timeout=args.cell_timeout,
+                          limits=limits, progress=lambda line: console.print(line, markup=False, highlight=False))
     table = Table(title=f"grades ({time.perf_counter() - started:.0f} s, {result.reused} reused from an earlier run)")
     for column in ("student", "notebook", "score", "note"):
         table.add_column(column)
@@ -247,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notebook", action="append", help="grade only this notebook (repeatable; default: all)")
     p.add_argument("--output", default="grading", help="where the gradebook, grades.csv and feedback/ go")
     p.add_argument("--solutions", default=str(REPO / "solutions"))
+    p.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default: %(default)s)")
+    p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_seconds,
+                   help="seconds a whole notebook may run (default: %(default)s)")
+    p.add_argument("--memory-gb", type=float, default=Limits.memory_bytes / 2**30,
+                   help="address space of a kernel in GiB (default: %(default)s)")
     p.set_defaults(func=grade_command)
     for name, func in (("release", release_command), ("check-release", check_release_command)):
         p = sub.add_parser(name, help=func.__doc__)

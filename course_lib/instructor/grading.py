@@ -106,10 +106,11 @@ class Course:
     """A throwaway nbgrader course folder holding some solution notebooks, one assignment each."""
 
     def __init__(self, solutions: list[Path], root: Path | None = None, timeout: int = CELL_TIMEOUT_S,
-                 limits: Limits | None = None, sandbox: bool = True):
+                 limits: Limits | None = None, sandbox: bool = True, references: Path | None = None):
         # absolute: nbgrader resolves a relative root against folders it changes into
         self.root = Path(root or tempfile.mkdtemp(prefix="course-nbgrader-")).resolve()
         self.sandbox = sandbox
+        self.references = Path(references or self.root / "reference")  # may be shared by courses of one source
         if sandbox and (why := layers()["namespaces"]):
             raise RuntimeError(f"cannot grade untrusted notebooks here: the sandbox needs Linux namespaces ({why})")
         self.api = _api(self.root, timeout, sandbox, limits)
@@ -164,14 +165,10 @@ class Course:
 
     def reference_reports(self, stem: str, profile: str = "grade") -> dict[str, list[dict]]:
         """What the reference solution's graded cells report, by grade id: run once in the sandbox, then cached."""
-        source = self.root / "source" / stem / f"{stem}.ipynb"
-        key = hashlib.sha256(source.read_bytes() + profile.encode()).hexdigest()
-        cache = self.root / "reference" / f"{stem}.json"
-        if cache.exists():
-            cached = json.loads(cache.read_text(encoding="utf-8"))
-            if cached.get("key") == key:
-                return cached["reports"]
-        notebook = nbformat.read(source, as_version=4)
+        cached = self._cached_reference(stem, profile)
+        if cached is not None:
+            return cached
+        notebook = nbformat.read(self.root / "source" / stem / f"{stem}.ipynb", as_version=4)
         with tempfile.TemporaryDirectory(prefix="course-reference-") as folder, self._kernel_env(profile):
             SafeExecute(config=self.api.config).preprocess(notebook, {"metadata": {"path": folder}})
         found, failing = {}, []
@@ -182,9 +179,20 @@ class Course:
                 failing.append(f"{grade_id} ({verdict.first_error(cell)})")
         if failing:
             raise RuntimeError(f"the reference solution of {stem} fails its own tests: {'; '.join(failing)}")
+        cache = self._reference_path(stem, profile)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "reports": found}), encoding="utf-8")
+        scratch = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        scratch.write_text(json.dumps(found), encoding="utf-8")
+        scratch.replace(cache)  # atomic: courses sharing the folder never read half a file
         return found
+
+    def _reference_path(self, stem: str, profile: str) -> Path:
+        source = (self.root / "source" / stem / f"{stem}.ipynb").read_bytes()
+        return self.references / f"{stem}-{hashlib.sha256(source + profile.encode()).hexdigest()[:16]}.json"
+
+    def _cached_reference(self, stem: str, profile: str = "grade") -> dict[str, list[dict]] | None:
+        cache = self._reference_path(stem, profile)
+        return json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else None
 
     def _judge(self, stem: str, student: str, expected: dict[str, list[dict]]) -> None:
         """Score every graded cell here, in the grader: it passes when it raised nothing and its reports match."""
@@ -205,8 +213,7 @@ class Course:
         if not path.exists():
             return {}
         if expected is None:
-            cache = self.root / "reference" / f"{stem}.json"
-            expected = json.loads(cache.read_text(encoding="utf-8"))["reports"] if cache.exists() else {}
+            expected = self._cached_reference(stem) or {}
         return {c.metadata["nbgrader"]["grade_id"]: verdict.judge(c, expected.get(c.metadata["nbgrader"]["grade_id"], []))
                 for c in _graded_tests_of(nbformat.read(path, as_version=4))}
 

@@ -21,8 +21,9 @@ from course_lib.instructor.sandbox import Limits, landlock_abi
 from tests.instructor.ordinary_user import NOBODY, as_ordinary_user
 from tests.instructor.tiny_assignment import FULL, STEM, TINY, graded_cell, solution, wrong_is_even
 
-# the memory bomb stops at 2 GiB, a notebook at 40 s and 8 MB of output, not the defaults
-LIMITS = Limits(memory_bytes=2 * 2**30, notebook_seconds=40, output_bytes=8_000_000)
+# the memory bomb stops at 2 GiB, a notebook at 25 s and 8 MB of output, not the defaults
+LIMITS = Limits(memory_bytes=2 * 2**30, notebook_seconds=25, output_bytes=8_000_000)
+TIMEOUT = 10  # seconds a cell may run
 pytestmark = [pytest.mark.grading, pytest.mark.xdist_group("hostile")]  # one worker builds the batch once
 WRONG_IS_EVEN = {"test_add": 1.0, "test_is_even": 0.0}
 MARK = "course-hostile-marker"  # processes and files the attacks leave behind carry it
@@ -93,7 +94,9 @@ probe('grader processes', lambda: [p for p in os.listdir('/proc') if p.isdigit()
 probe('inherited descriptors', lambda: [f for f in os.listdir('/proc/self/fd') if os.readlink(f'/proc/self/fd/{f}')
       .startswith('/') and not os.readlink(f'/proc/self/fd/{f}').startswith(('/dev/null', '/tmp/cbox-'))] or 1 / 0)
 probe('root privileges', lambda: os.getuid() == 0 or 1 / 0)
-probe('repository', lambda: os.listdir(os.path.dirname(os.path.dirname(__import__('course_lib').__path__[0]))))
+repository = os.path.dirname(os.path.dirname(__import__('course_lib').__path__[0]))
+probe('solutions', lambda: os.listdir(os.path.join(repository, 'solutions')))
+probe('tests', lambda: os.listdir(os.path.join(repository, 'tests')))
 probe('grader code', lambda: open(os.path.join(__import__('course_lib').__path__[0], 'instructor', 'grading.py')))
 arguments = open('/proc/self/cmdline').read().split(chr(0))
 print('box', os.path.dirname(arguments[arguments.index('-f') + 1]))
@@ -169,7 +172,7 @@ def _hostile_batch(folder: Path, secret: Path, outside: Path) -> dict[str, tuple
         nb.cells.append(nbformat.v4.new_code_cell("print('z' * 1_900_000)"))
     case("many_big_cells", nb, FULL, "output was cut")
     nb = solution()
-    nb.cells.extend(nbformat.v4.new_code_cell("import time\ntime.sleep(9)") for _ in range(10))
+    nb.cells.extend(nbformat.v4.new_code_cell("import time\ntime.sleep(8)") for _ in range(10))
     case("sleeps_under_the_timeout", nb, FULL, "later cells were not run")
     nb = solution()
     nb.cells.extend(nbformat.v4.new_code_cell("pass") for _ in range(20_000))
@@ -223,13 +226,13 @@ def _hostile_batch(folder: Path, secret: Path, outside: Path) -> dict[str, tuple
     return cases
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once even if other modules' tests run in between
 def batch(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     outside = root / "outside-the-sandbox.txt"
     secret = root / "out" / "nbgrader" / "source" / STEM / f"{STEM}.ipynb"  # the instructor's copy
     cases = _hostile_batch(root / "submissions", secret, outside)
-    result = grade_folder(root / "submissions", [TINY], root / "out", timeout=15, limits=LIMITS)
+    result = grade_folder(root / "submissions", [TINY], root / "out", timeout=TIMEOUT, limits=LIMITS)
     return cases, result, root, outside
 
 
@@ -269,7 +272,7 @@ def test_outputs_csv_gradebook_and_feedback(batch):
 
 def test_regrading_reuses_finished_work_and_gives_the_same_grades(batch):
     cases, first, root, _ = batch
-    again = grade_folder(root / "submissions", [TINY], root / "out", timeout=15, limits=LIMITS)
+    again = grade_folder(root / "submissions", [TINY], root / "out", timeout=TIMEOUT, limits=LIMITS)
     assert again.reused == len(cases)
     assert [(g.student, g.by_cell()) for g in again.grades] == [(g.student, g.by_cell()) for g in first.grades]
 
@@ -333,7 +336,8 @@ def test_an_ordinary_user_grades_the_hostile_class_alike(batch, tmp_path_factory
         for path in [place, *place.rglob("*")]:
             os.chmod(path, 0o777 if path.is_dir() else 0o666, follow_symlinks=False) if not path.is_symlink() else None
         command = [str(Path(sys.executable).parent / "course"), "grade", "submissions", "--output", "grading",
-                   "--solutions", str(place)]
+                   "--solutions", str(place), "--cell-timeout", str(TIMEOUT),
+                   "--notebook-timeout", str(LIMITS.notebook_seconds), "--memory-gb", str(LIMITS.memory_bytes / 2**30)]
         wrapped = as_ordinary_user(command, place / "home")
         # `script` gives the grader a terminal, as an instructor's shell would: no kernel may type into it
         shell = " ".join(shlex.quote(part) for part in wrapped)
