@@ -217,11 +217,6 @@ class Course:
         return {c.metadata["nbgrader"]["grade_id"]: verdict.judge(c, expected.get(c.metadata["nbgrader"]["grade_id"], []))
                 for c in _graded_tests_of(nbformat.read(path, as_version=4))}
 
-    def feedback(self, stem: str, student: str) -> bool:
-        """Write nbgrader's HTML feedback for an autograded notebook; False when nbgrader could not."""
-        with _tools_env():
-            return bool(self.api.generate_feedback(stem, student, force=True).get("success"))
-
     def autograded_notebook(self, stem: str, student: str) -> Path:
         """The executed copy nbgrader graded."""
         return self.root / "autograded" / student / stem / f"{stem}.ipynb"
