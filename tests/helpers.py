@@ -64,14 +64,15 @@ def notebook_imports(stem: str) -> dict:
     return namespace
 
 
-def edited_solution(stem: str, grade_id: str, old: str, new: str, folder: Path) -> Path:
-    """A copy of a solution notebook with one typical mistake put into the cell `grade_id`."""
+def edited_solution(stem: str, edits: dict, folder: Path) -> Path:
+    """A copy of a solution notebook with wrong answers: grade_id -> a function from the cell's source to the new."""
     nb = json.loads((REPO / "solutions" / f"{stem}.ipynb").read_text(encoding="utf-8"))
-    cells = [c for c in nb["cells"] if _nbgrader(c).get("grade_id") == grade_id]
-    assert len(cells) == 1, f"{stem} has no single cell {grade_id}"
-    source = "".join(cells[0]["source"])
-    assert old in source, f"{old!r} is not in {stem}/{grade_id}"
-    cells[0]["source"] = source.replace(old, new)
+    for grade_id, edit in edits.items():
+        cells = [c for c in nb["cells"] if _nbgrader(c).get("grade_id") == grade_id]
+        assert len(cells) == 1, f"{stem} has no single cell {grade_id}"
+        source = "".join(cells[0]["source"])
+        cells[0]["source"] = edit(source)
+        assert cells[0]["source"] != source, f"{stem}/{grade_id}: the edit changed nothing"
     path = Path(folder) / f"{stem}.ipynb"
     path.write_text(json.dumps(nb), encoding="utf-8")
     return path
