@@ -6,12 +6,15 @@ Helpers that are not fixtures (paths, notebook metadata) live in tests/helpers.p
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 from tests.helpers import SOLUTIONS
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# notebook 01 writes the course data that 03-06 read: into a folder of this run, never the tester's home
+os.environ.setdefault("COURSE_DATA", tempfile.mkdtemp(prefix="course-data-"))
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One core per xdist worker and per kernel it starts: two workers each running 2 OpenMP threads
     # plus their notebook kernels oversubscribe a 2-core machine and run about ten times slower.

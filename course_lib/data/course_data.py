@@ -41,11 +41,15 @@ def write(splits: dict[str, list[dict]], seed: int = 0, folder: str | Path | Non
     """Write the splits as JSONL with a manifest; returns the folder."""
     folder = Path(folder) if folder is not None else data_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        write_jsonl(rows, folder / f"{name}.jsonl")
-    manifest = {"seed": seed, "rows": {name: len(rows) for name, rows in splits.items()},
-                "sha256": {name: _digest(folder / f"{name}.jsonl") for name in splits}}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    digests = {}
+    for name, rows in splits.items():  # each file whole or not at all; the manifest last, so a reader never mixes
+        partial = write_jsonl(rows, folder / f".{name}.jsonl.partial")
+        digests[name] = _digest(partial)
+        os.replace(partial, folder / f"{name}.jsonl")
+    manifest = {"seed": seed, "rows": {name: len(rows) for name, rows in splits.items()}, "sha256": digests}
+    partial = folder / f".{MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    os.replace(partial, folder / MANIFEST)
     return folder
 
 

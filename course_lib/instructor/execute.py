@@ -1,7 +1,7 @@
 """nbgrader's Execute step, hardened for untrusted notebooks.
 
-- the kernel is `course_lib.instructor.sandbox` (namespaces, a private root, no network, an unprivileged user,
-  Landlock, limits), reached over Unix sockets in a folder of its own (the box) that is deleted afterwards;
+- the kernel is `course_lib.instructor.sandbox` (namespaces, a private root, no network beyond its own loopback,
+  an unprivileged user, Landlock, limits), reached over Unix sockets in a folder of its own (the box) that is deleted afterwards;
 - a kernel that dies (os._exit, a memory or CPU limit) fails the cell it was running and every later
   code cell gets an error too, so no test that never ran can count as passed;
 - a cell that runs past its timeout is interrupted and fails; after a second timeout the run stops (a loop
@@ -80,7 +80,7 @@ class SafeExecute(Execute):
 
     def create_kernel_manager(self):
         km = super().create_kernel_manager()
-        km.transport = "ipc"  # Unix sockets in the box: the kernel has no network to listen on
+        km.transport = "ipc"  # Unix sockets in the box: nothing of the kernel listens on TCP
         km.ip = str(self._box / "k")
         km.connection_file = str(self._box / "kernel.json")
         return km

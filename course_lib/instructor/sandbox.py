@@ -7,8 +7,9 @@ every machine and cannot come from pip; Python before 3.12 has no `os.unshare`, 
 ctypes), the layers are:
 
 - namespaces (`unshare(2)`): its own PID namespace (it sees and can signal only its own processes, and all of them
-  die with it), network (no interfaces up: nothing in or out), mount, IPC and UTS; a user namespace too when the
-  grader is not root;
+  die with it), network (only its own loopback is up: nothing in or out, but `torch.distributed` can join the
+  submission's own processes, as notebook 07 does), mount, IPC and UTS; a user namespace too when the grader is
+  not root;
 - a new root (`pivot_root(2)`) on an empty tmpfs holding read-only binds of what Python needs (system folders,
   the Python installation and packages, `course_lib` without its `instructor` package, the model cache), a fresh
   `/proc`, a `/dev` of null, zero, full, random and urandom only, and private, size-capped tmpfs `/tmp`,
@@ -18,7 +19,7 @@ ctypes), the layers are:
 - an unprivileged user: uid 65534 when the grader is root, else an unmapped uid in a nested user namespace, with
   no capabilities and `no_new_privs`;
 - Landlock on top where the kernel has it: files (read the binds, write only its tmpfs folders, make sockets in
-  the box), TCP bind and connect (ABI 4+), signals and abstract sockets beyond its own domain (ABI 6+);
+  the box), TCP bind and connect only on the loopback ports of `LOCAL_PORTS` (ABI 4+), signals and abstract sockets beyond its own domain (ABI 6+);
 - CPU-time, address-space, file-size, process-count and core-dump limits (`setrlimit`).
 
 The wall-clock and output budgets are enforced from outside, by the grader (`execute.SafeExecute`).
@@ -47,6 +48,10 @@ KEPT_ENV = ("PATH", "LANG", "LC_ALL", "COURSE_PROFILE", "COURSE_MODEL_SOURCE", "
 HOME = Path("/home/student")
 NOBODY = 65534  # the uid and gid a root grader's kernels run as
 INNER = 1000  # the uid inside the nested user namespace of an ordinary grader's kernels
+# TCP ports a submission may use on its own loopback: torch.distributed's default rendezvous (29500) and, as the
+# namespace's ephemeral range, the ports gloo binds between the submission's processes
+LOCAL_PORTS = (29400, 29599)
+EPHEMERAL_PORTS = (29501, 29599)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,11 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+class _NetPort(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
 def landlock_abi() -> int:
     """The Landlock ABI version of the running Linux kernel, 0 where there is none."""
     if not sys.platform.startswith("linux"):
@@ -123,10 +133,11 @@ def landlock_abi() -> int:
     return max(int(version), 0)
 
 
-def restrict_filesystem(readable: list[Path], writable: list[Path], sockets: list[Path] = ()) -> bool:
+def restrict_filesystem(readable: list[Path], writable: list[Path], sockets: list[Path] = (),
+                        ports: tuple[int, int] | None = None) -> bool:
     """Allow this process and its children to read only `readable`, write only `writable`, make sockets only in
-    `sockets`; with ABI 4+ also no TCP, with ABI 6+ no signals or abstract sockets beyond itself. False if
-    the kernel has no Landlock."""
+    `sockets`; with ABI 4+ also TCP only on the ports `ports` (an inclusive range; none when None), with ABI 6+ no
+    signals or abstract sockets beyond itself. False if the kernel has no Landlock."""
     abi = landlock_abi()
     if abi == 0:
         return False
@@ -150,6 +161,13 @@ def restrict_filesystem(readable: list[Path], writable: list[Path], sockets: lis
                        f"landlock_add_rule {path}")
             finally:
                 os.close(fd)
+        if abi >= 4 and ports is not None:
+            allowed_ports = [(0, _NET_BIND_TCP)]  # bind to port 0: the kernel picks one from the ephemeral range
+            allowed_ports += [(port, _NET_BIND_TCP | _NET_CONNECT_TCP) for port in range(ports[0], ports[1] + 1)]
+            for port, access in allowed_ports:
+                rule = _NetPort(access, port)
+                _check(_libc.syscall(_ADD_RULE, ruleset, _RULE_NET_PORT, ctypes.byref(rule), ctypes.c_uint32(0)),
+                       f"landlock_add_rule port {port}")
         _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         _check(_libc.syscall(_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self")
     finally:
@@ -283,6 +301,20 @@ def _build_root(box: Path, limits: Limits) -> None:
     _libc.sethostname(b"sandbox", 7)
 
 
+def _local_network() -> None:
+    """Bring up the new network namespace's loopback, with ephemeral ports inside `EPHEMERAL_PORTS`."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, siocgifflags, request))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+    Path("/proc/sys/net/ipv4/ip_local_port_range").write_text(f"{EPHEMERAL_PORTS[0]} {EPHEMERAL_PORTS[1]}")
+
+
 def _drop_privileges() -> None:
     """Become a user with no capabilities that owns nothing outside the sandbox's own tmpfs folders."""
     if os.getuid() == 0 and Path("/proc/self/uid_map").read_text().split()[1] == "0":
@@ -355,13 +387,14 @@ def _kernel(box: Path, connection: Path, limits: Limits) -> None:
     _isolate_descriptors(box / "kernel.log")
     _drop_privileges()
     writable = [Path("/tmp"), HOME, Path("/dev/shm")] + [Path("/dev") / name for name in _DEVICES]
-    landlocked = limits.landlock and restrict_filesystem(readable_paths() + [Path("/proc")], writable, [box])
+    landlocked = limits.landlock and restrict_filesystem(readable_paths() + [Path("/proc")], writable, [box],
+                                                         LOCAL_PORTS)
     os.chdir(HOME)
     _apply_rlimits(limits)
     env = {key: os.environ[key] for key in KEPT_ENV if key in os.environ}
     env.update(HOME=str(HOME), TMPDIR="/tmp", MPLCONFIGDIR=str(HOME / ".matplotlib"), MPLBACKEND="agg",
                HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1", COURSE_CACHE=str(cache_dir()),
-               JUPYTER_RUNTIME_DIR=str(HOME / ".jupyter"), IPYTHONDIR=str(HOME / ".ipython"),
+               GLOO_SOCKET_IFNAME="lo", JUPYTER_RUNTIME_DIR=str(HOME / ".jupyter"), IPYTHONDIR=str(HOME / ".ipython"),
                COURSE_SANDBOX="namespaces+landlock" if landlocked else "namespaces")
     command = [sys.executable, "-m", "ipykernel_launcher", "-f", str(connection),
                "--HistoryManager.hist_file=:memory:", "--IPKernelApp.log_level=ERROR"]
@@ -390,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
     os.setpgid(0, 0)  # out of the launcher's process group: an interrupt reaches the kernel once, forwarded
     try:
+        _local_network()
         _build_root(box, limits)
         kernel = os.fork()
         if kernel == 0:

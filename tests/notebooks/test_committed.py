@@ -33,3 +33,12 @@ def test_committed_notebooks_carry_no_outputs():
 @pytest.mark.parametrize("notebook", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
 def test_every_solution_notebook_carries_the_current_badge_and_setup_lines(notebook):
     assert badges.problems(notebook) == []
+
+
+@pytest.mark.parametrize("notebook", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
+def test_graded_cells_let_run_all_go_on(notebook):
+    """A failing test cell must not stop papermill or JupyterLab's Run All: graded cells carry `raises-exception`."""
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade"):
+            assert "raises-exception" in cell["metadata"].get("tags", []), \
+                f"{notebook.name}: {cell['metadata']['nbgrader']['grade_id']} has no raises-exception tag"

@@ -1,9 +1,15 @@
-"""Every solution notebook executes end to end in the smoke profile (as CI and `course run` do)."""
+"""Every solution notebook executes end to end in the smoke profile (as CI and `course run` do), and every blank
+student notebook runs to its end under papermill too: an unsolved exercise fails its own test cells and nothing
+else."""
 
 import pytest
 
 from course_lib.instructor.cli import QUIET_KERNEL
-from tests.helpers import SOLUTIONS
+import json
+
+from tests.helpers import REPO, SOLUTIONS
+
+STUDENT = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.notebook
@@ -21,3 +27,19 @@ def test_notebook_runs_in_smoke_profile(notebook, tmp_path):
     except PapermillExecutionError as error:  # show the failing cell's error, not papermill's wrapper
         pytest.fail(f"{notebook.name}, cell {error.exec_count}: {error.ename}: {error.evalue}\n"
                     + "\n".join(error.traceback[-5:]), pytrace=False)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("notebook", STUDENT, ids=[p.stem for p in STUDENT])
+def test_blank_student_notebook_runs_to_the_end(notebook, tmp_path):
+    """Papermill (and JupyterLab's Run All) go past a failing test cell: graded cells carry `raises-exception`."""
+    import papermill
+
+    out = tmp_path / notebook.name
+    papermill.execute_notebook(str(notebook), str(out), parameters={"PROFILE": "grade"}, progress_bar=False,
+                               kernel_name="python3", cwd=str(tmp_path), extra_arguments=QUIET_KERNEL)
+    cells = json.loads(out.read_text())["cells"]
+    failed = {i for i, c in enumerate(cells) for o in c.get("outputs", []) if o.get("output_type") == "error"}
+    tests = {i for i, c in enumerate(cells) if c.get("metadata", {}).get("nbgrader", {}).get("grade")}
+    assert failed - tests == set(), [f"cell {i}: {cells[i]['source'][:80]!r}" for i in sorted(failed - tests)]
+    assert failed, "a blank notebook whose tests all pass tests nothing"

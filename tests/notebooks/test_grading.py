@@ -94,6 +94,12 @@ def test_blank_student_notebook_gets_zero(course, notebook):
     result = course.autograde(notebook.stem, "blank", course.student_notebook(notebook.stem))
     assert result.max_score == sum(points(notebook.stem).values()) > 0
     assert result.score == 0, result.by_cell()
+    # nothing blocks: with every exercise unsolved, only the graded test cells fail; the lesson runs to the end
+    executed = json.loads(course.autograded_notebook(notebook.stem, "blank").read_text())
+    errors = [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(executed["cells"])
+              if not c.get("metadata", {}).get("nbgrader", {}).get("grade")
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == [], errors
 
 
 @pytest.mark.grading
@@ -108,3 +114,10 @@ def test_typical_wrong_answers_lose_exactly_their_exercises_marks(course, tmp_pa
     lost = [cell for exercise in edits for cell in exercises(stem)[exercise]]
     assert result.by_cell() == {**points(stem), **dict.fromkeys(lost, 0)}, (names, result.by_cell(),
                                                                             {c.cell: c.message for c in result.cells})
+
+
+def test_the_readme_exercise_table_is_the_graded_one():
+    from tests.notebooks import exercise_table
+
+    assert exercise_table.readme_block() == exercise_table.block(), \
+        "README.md's exercise table is stale: run python -m tests.notebooks.exercise_table --write"
