@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import textwrap
 from typing import Any, Callable
 
@@ -79,7 +80,6 @@ def expect(case: str, got: Any, expected: Any, tol: float | None = None) -> None
         same = got == expected
         same = bool(same.all()) if hasattr(same, "all") else bool(same)
     else:
-        import math
         same = math.isclose(float(got), float(expected), rel_tol=tol, abs_tol=tol)
     if not same:
         raise AssertionError(f"{case}: expected {expected!r}, got {got!r}")

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import json
 import os
 import platform
 import resource
 import signal
+import socket
+import struct
 import sys
 import sysconfig
 import time
@@ -303,10 +306,6 @@ def _build_root(box: Path, limits: Limits) -> None:
 
 def _local_network() -> None:
     """Bring up the new network namespace's loopback, with ephemeral ports inside `EPHEMERAL_PORTS`."""
-    import fcntl
-    import socket
-    import struct
-
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH22x", b"lo", 0)
