@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig
 
 from course_lib.core.models import load_causal_lm
 from course_lib.deployment.serving import latency_per_token
@@ -134,9 +134,9 @@ def tolerance_for(model) -> float:
 
 def is_quantized(model) -> bool:
     """True when the model (or the base under an adapter) holds bitsandbytes 4-bit or 8-bit weights."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
-                or getattr(base, "is_quantized", False))
+    # the layers themselves, not the config's flags: a dequantized model keeps those flags
+    return any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") and type(m).__module__.startswith("bitsandbytes")
+               for m in model.modules())
 
 
 def merge(peft_model):
@@ -322,3 +322,57 @@ def switch_report(peft_model, names: Sequence[str], rounds: int = 20) -> SwitchR
     adapters = {n: adapter_bytes(peft_model, n) / 1e6 for n in names}
     total = sum(p.numel() * p.element_size() for p in peft_model.parameters())
     return SwitchReport(list(names), switch_ms, total / 1e6 - sum(adapters.values()), adapters)
+
+
+# ---- small models for notebook 06's exercises ------------------------------------------------------------------
+
+# A 2-layer Llama with a 256-token vocabulary: saving, reloading, quantizing and merging it takes a fraction of a
+# second, and every peft and bitsandbytes call on it is the one a real model needs.
+TINY_LLAMA = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
+TINY_TARGETS = ("q_proj", "v_proj", "up_proj")
+
+
+def tiny_base(seed: int = 0, folder: str | Path | None = None):
+    """A tiny Llama with random float32 weights (the same for the same seed); saved as safetensors to `folder` if
+    given, so that it can be loaded again, in 4 bits too."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**TINY_LLAMA), dtype=torch.float32)
+    model.eval()
+    if folder is not None:
+        model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+def tiny_lora(model, seed: int = 0, r: int = 4, targets: Sequence[str] = TINY_TARGETS):
+    """LoRA on `model` with random A and B (a non-zero update, as after training), float32."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), lora_dropout=0.0,
+                        init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # peft's random init makes B as large as A; scale it to a fine-tune's size
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.1)
+    peft_model.eval()
+    return peft_model
+
+
+def tiny_batch(seed: int = 0, rows: int = 3, length: int = 12) -> dict:
+    """Random token ids for the tiny model, right-padded (the last row is shorter), with the attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, TINY_LLAMA["vocab_size"], (rows, length), generator=generator)
+    mask = torch.ones(rows, length, dtype=torch.long)
+    mask[-1, length // 2:] = 0
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+
+
+def load_4bit_base(folder: str | Path):
+    """The base model in `folder`, its linear layers quantized to NF4 by bitsandbytes while loading."""
+    return load_model(folder, quantization_config=quantization_config(4))
+
+
+def merge_dequantized(adapter_folder: str | Path, base_folder: str | Path):
+    """Merge a QLoRA adapter into the dequantized NF4 base: the weights it was trained on, now in float32."""
+    base = load_4bit_base(base_folder).dequantize()
+    return merge(load_adapter(base, adapter_folder))

@@ -150,3 +150,21 @@ def test_adapter_switching_without_reloading(tiny_llama, tokenizer, tmp_path):
     report = adapters.switch_report(model, ["alpha", "beta"], rounds=4)
     assert report.adapter_mb["alpha"] == report.adapter_mb["beta"] > 0
     assert report.base_mb > report.adapter_mb["alpha"] and report.switch_ms >= 0
+
+
+def test_qlora_adapter_merged_into_the_dequantized_base_answers_like_the_qlora_model(tmp_path):
+    """The exercise's decision, measured: the dequantized NF4 base beats the original float32 base."""
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    adapters.tiny_base(seed=0, folder=base_dir)
+    qlora = adapters.tiny_lora(adapters.load_4bit_base(base_dir), seed=1)
+    assert adapters.is_quantized(qlora)
+    qlora.save_pretrained(adapter_dir)
+    batch = adapters.tiny_batch(seed=0)
+    evaluated = adapters.logits_on(qlora, batch)
+    dequantized = adapters.merge_dequantized(adapter_dir, base_dir)
+    assert not adapters.is_quantized(dequantized)
+    full = adapters.merge(adapters.load_adapter(adapters.load_model(base_dir), adapter_dir))
+    mask = batch["attention_mask"]
+    near = adapters.max_abs_logit_diff(evaluated, adapters.logits_on(dequantized, batch), mask)
+    far = adapters.max_abs_logit_diff(evaluated, adapters.logits_on(full, batch), mask)
+    assert near < 0.01 < far and near * 5 < far
