@@ -55,7 +55,10 @@ def test_every_mistake_names_an_exercise_of_its_notebook():
     for name, mistake in MISTAKES.items():
         assert mistake.exercise in exercises(mistake.stem), f"{name}: {mistake.stem} has no exercise {mistake.exercise}"
         assert mistake.kind in KINDS, f"{name}: kind {mistake.kind!r}"
-        assert mistake.apply(cell_sources(mistake.stem)[mistake.exercise]) != cell_sources(mistake.stem)[mistake.exercise]
+        source = cell_sources(mistake.stem)[mistake.exercise]
+        wrong = mistake.apply(source)
+        assert wrong != source, f"{name} changes nothing"
+        compile(wrong, name, "exec")  # a mistake that does not parse would lose its marks for the wrong reason
 
 
 def test_every_exercise_has_a_library_call_and_a_typical_mistake_and_says_what_it_teaches():
@@ -113,7 +116,7 @@ def test_typical_wrong_answers_lose_exactly_their_exercises_marks(course, tmp_pa
     result = course.autograde(stem, round_name.replace("-", "_"), wrong)
     lost = [cell for exercise in edits for cell in exercises(stem)[exercise]]
     assert result.by_cell() == {**points(stem), **dict.fromkeys(lost, 0)}, (names, result.by_cell(),
-                                                                            {c.cell: c.message for c in result.cells})
+                                                                            {c.name: c.message for c in result.cells})
 
 
 def test_the_readme_exercise_table_is_the_graded_one():

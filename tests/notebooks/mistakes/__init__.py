@@ -15,15 +15,15 @@ import re
 from dataclasses import dataclass
 
 KINDS = ("library", "typical")
-SOLUTION = re.compile(r"### BEGIN SOLUTION\n.*?### END SOLUTION\n?", re.DOTALL)
+SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?### END SOLUTION[ \t]*\n?", re.DOTALL | re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class Mistake:
     """A wrong answer put into the solution cell `exercise` (a grade_id) of notebook `stem`.
 
-    With `old`, the text `old` becomes `new`; without it, `new` replaces the first BEGIN/END SOLUTION region
-    (keep its indentation in `new`).
+    With `old`, the text `old` becomes `new`; without it, `new` replaces the first BEGIN/END SOLUTION region, at
+    the region's indentation (the first line of `new` may leave it out; later lines keep their own).
     """
 
     name: str
@@ -39,7 +39,11 @@ class Mistake:
         if self.old is None:
             found = SOLUTION.search(source)
             assert found, f"{self.name}: {self.stem}/{self.exercise} has no solution region"
-            return source[: found.start()] + self.new.rstrip("\n") + "\n" + source[found.end():]
+            indent = found.group(1)
+            first, newline, rest = self.new.rstrip("\n").partition("\n")
+            if not first.startswith(indent):
+                first = indent + first.lstrip(" \t")
+            return source[: found.start()] + first + newline + rest + "\n" + source[found.end():]
         assert self.old in source, f"{self.name}: {self.old!r} is not in {self.stem}/{self.exercise}"
         return source.replace(self.old, self.new)
 
