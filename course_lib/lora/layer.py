@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterable
 
 import torch
+from peft import LoraConfig
 from torch import nn
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
@@ -253,3 +254,58 @@ def copy_lora_from_peft(our_model: nn.Module, peft_model: nn.Module, adapter: st
         scaling = getattr(layer, "scaling", None)  # a learner's layer may compute it on the fly
         if scaling is not None and scaling != theirs[name].scaling[adapter]:
             warnings.warn(f"{name}: scaling differs (ours {scaling}, peft {theirs[name].scaling[adapter]}).")
+
+
+# --- the reference answers of notebook 02's exercises (the notebook falls back to them while one is unsolved) ------
+def lora_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor,
+                 alpha: float, r: int) -> torch.Tensor:
+    """The frozen linear layer plus the scaled low-rank path: x W^T + b + (alpha / r) x A^T B^T."""
+    return nn.functional.linear(x, weight, bias) + (x @ A.T @ B.T) * (alpha / r)
+
+
+def init_lora_weights(in_features: int, out_features: int, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B): A (r x in) drawn like nn.Linear's weight (kaiming_uniform_, a = sqrt(5)), B (out x r) zero."""
+    A = torch.empty(r, in_features)
+    nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+    return A, torch.zeros(out_features, r)
+
+
+def inject_by_pattern(model: nn.Module, pattern: str, wrap) -> nn.Module:
+    """Freeze `model` and replace every nn.Linear whose full name matches `pattern` (re.fullmatch) by `wrap(linear)`;
+    ValueError when nothing matched."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and re.fullmatch(pattern, n)]
+    if not names:
+        raise ValueError(f"pattern {pattern!r} matched no nn.Linear module")
+    for p in model.parameters():
+        p.requires_grad = False
+    for name in names:
+        _replace(model, name, wrap(model.get_submodule(name)))
+    return model
+
+
+def peft_lora_parts(peft_layer: nn.Module, adapter: str = "default"):
+    """(weight, bias, A, B, scaling) of one adapter of a peft LoRA layer."""
+    base = peft_layer.base_layer
+    return (base.weight, base.bias, peft_layer.lora_A[adapter].weight, peft_layer.lora_B[adapter].weight,
+            peft_layer.scaling[adapter])
+
+
+def rank_one_cost(model: nn.Module, targets: Iterable[str]) -> int:
+    """LoRA parameters per unit of rank on the nn.Linear modules whose names end in one of `targets` (peft's rule
+    for a list): the sum of in + out over them."""
+    targets = list(targets)
+    return sum(m.in_features + m.out_features for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in targets))
+
+
+def lora_config_for_budget(model: nn.Module, targets: Iterable[str], budget: int):
+    """A peft LoraConfig on `targets` with the largest rank whose adapters fit in `budget` parameters
+    (lora_alpha = 2 r, no dropout, task CAUSAL_LM); ValueError when even rank 1 does not fit or nothing matches."""
+    targets = list(targets)
+    per_rank = rank_one_cost(model, targets)
+    if per_rank == 0:
+        raise ValueError(f"target modules {targets} match no nn.Linear of the model")
+    r = budget // per_rank
+    if r < 1:
+        raise ValueError(f"a budget of {budget:,} parameters does not fit rank 1 on {targets} ({per_rank:,})")
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")

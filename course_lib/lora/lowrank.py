@@ -79,3 +79,13 @@ def slider(draw: Callable[[int], None], value: int, min: int, max: int, step: in
 def spectrum_summary(svals: torch.Tensor, thresholds: Sequence[float] = (0.5, 0.2, 0.1)) -> dict[float, int]:
     """For each relative error, the rank needed to reach it."""
     return {t: rank_for_error(svals, t) for t in thresholds}
+
+
+def choose_rank(delta: torch.Tensor, max_error: float, budget: int) -> int:
+    """The rank to give an update `delta` (out x in): the smallest r whose best rank-r approximation has relative
+    Frobenius error at most `max_error`, unless r * (out + in) parameters exceed `budget`: then the largest r that
+    fits (the budget wins; 0 when not even rank 1 fits)."""
+    out_features, in_features = delta.shape
+    wanted = rank_for_error(singular_values(delta), max_error)
+    affordable = budget // (out_features + in_features)
+    return int(min(wanted, affordable))

@@ -150,3 +150,26 @@ def unpack_cpu_weights(model) -> int:
                 module.weight.data, module.weight.quant_state)
             unpacked += 1
     return unpacked
+
+
+def qlora_train_steps(model_dir, batches, lr: float = 2e-3, r: int = 8, targets: Sequence[str] = ALL_LINEAR):
+    """The QLoRA recipe by hand, the reference answer of notebook 03's last exercise: load `model_dir` in 4-bit NF4
+    with double quantization, prepare it for k-bit training, add LoRA and take one AdamW step per batch.
+
+    Returns (peft model, the loss before each step).
+    """
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config, dtype=torch.float32)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for batch in batches:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return model, losses

@@ -544,3 +544,11 @@ def plan_checkpointing(config, tokens: int, available: float, max_length: int) -
     spare = available - all_checkpointed
     keep = min(layers, int(spare / ((kept - checkpointed) * tokens)))
     return tokens, (layers - keep) / layers
+
+
+def qlora_state_bytes(n_linear: float, n_other: float, n_adapter: float) -> float:
+    """Weights + gradients + AdamW state of a QLoRA model before activations, in bytes: NF4 linears with
+    double-quantized constants (4 + 8/64 + 32/(64 * 256) bits each), fp32 embeddings and norms, and fp32 adapters
+    with a gradient and two AdamW states each."""
+    bits_per_linear = 4 + 8 / QUANT_BLOCK + 32 / (QUANT_BLOCK * 256)
+    return n_linear * bits_per_linear / 8 + 4 * n_other + (4 + 4 + 8) * n_adapter

@@ -237,3 +237,13 @@ def compare_with_bitsandbytes(weight: torch.Tensor, block_size: int = 64, double
 
 
 # --- pictures ------------------------------------------------------------------------------------------------
+
+
+def nf4_quantize_block(block: torch.Tensor, code: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """One 1-D block to NF4: (uint8 index of the nearest level for each value, the block's absmax as a float)."""
+    code = nf4_code_book() if code is None else code
+    block = block.detach().reshape(-1).float()
+    absmax = block.abs().max().item()
+    scaled = block / max(absmax, _TINY)
+    indices = (scaled[:, None] - code[None, :]).abs().argmin(dim=1)
+    return indices.to(torch.uint8), absmax

@@ -12,6 +12,8 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
+
+from course_lib.lora import layer
 from course_lib.lora.layer import (
     LoRALinear,
     copy_lora_from_peft,
@@ -394,3 +396,61 @@ def test_copy_lora_from_peft_into_a_learners_layer():
     base.model.layers[0].self_attn.q_proj = base.model.layers[0].self_attn.q_proj.base
     with pytest.raises(ValueError, match="only in peft"):
         copy_lora_from_peft(base, theirs)
+
+
+# --- the reference answers of notebook 02's exercises ----------------------------------------------------------------
+def _gqa_llama(layers=2):
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                                        num_attention_heads=2, num_key_value_heads=1)).eval()
+
+
+def test_reference_forward_and_init_match_the_layer():
+    torch.manual_seed(0)
+    lora = LoRALinear(nn.Linear(12, 5), r=4, alpha=8)
+    nn.init.normal_(lora.lora_B)
+    x = torch.randn(2, 3, 12)
+    with torch.no_grad():
+        got = layer.lora_forward(x, lora.base.weight, lora.base.bias, lora.lora_A, lora.lora_B, 8, 4)
+        torch.testing.assert_close(got, lora(x))
+    torch.manual_seed(1)
+    A, B = layer.init_lora_weights(12, 5, 4)
+    torch.manual_seed(1)
+    expected = torch.empty(4, 12)
+    nn.init.kaiming_uniform_(expected, a=math.sqrt(5))
+    assert torch.equal(A, expected) and B.shape == (5, 4) and not B.any()
+
+
+def test_inject_by_pattern_wraps_exactly_what_peft_targets():
+    pattern = r".*\.(q_proj|v_proj)"
+    model = layer.inject_by_pattern(_gqa_llama(), pattern, lambda base: LoRALinear(base, 2, 4))
+    peft_model = get_peft_model(_gqa_llama(), LoraConfig(r=2, lora_alpha=4, target_modules=pattern))
+    assert sorted(lora_layers(model)) == sorted(peft_model.base_model.targeted_module_names)
+    assert trainable_parameters(model)[0] == peft_model.get_nb_trainable_parameters()[0]
+    with pytest.raises(ValueError, match="q_proj"):
+        layer.inject_by_pattern(_gqa_llama(), "q_proj", lambda base: base)  # fullmatch only
+
+
+def test_peft_lora_parts_reproduce_the_layer_with_rslora():
+    model = get_peft_model(_gqa_llama(1), LoraConfig(r=4, lora_alpha=8, target_modules=["k_proj"], use_rslora=True))
+    peft_layer = model.base_model.model.model.layers[0].self_attn.k_proj
+    with torch.no_grad():
+        peft_layer.lora_B["default"].weight.normal_()
+        weight, bias, A, B, scaling = layer.peft_lora_parts(peft_layer)
+        x = torch.randn(3, 16)
+        assert scaling == 8 / math.sqrt(4)
+        torch.testing.assert_close(nn.functional.linear(x, weight, bias) + scaling * (x @ A.T @ B.T), peft_layer(x))
+
+
+def test_lora_config_for_budget_takes_the_largest_rank_that_fits():
+    model = _gqa_llama()
+    assert layer.rank_one_cost(model, ["q_proj", "v_proj"]) == 2 * ((16 + 16) + (16 + 8))
+    config = layer.lora_config_for_budget(model, ["q_proj", "v_proj"], 500)
+    assert (config.r, config.lora_alpha, sorted(config.target_modules)) == (4, 8, ["q_proj", "v_proj"])
+    for r, fits in [(config.r, True), (config.r + 1, False)]:
+        trained = get_peft_model(_gqa_llama(), LoraConfig(r=r, target_modules=["q_proj", "v_proj"]))
+        assert (trained.get_nb_trainable_parameters()[0] <= 500) == fits
+    with pytest.raises(ValueError):
+        layer.lora_config_for_budget(model, ["q_proj"], 10)
+    with pytest.raises(ValueError):
+        layer.lora_config_for_budget(model, ["nothing"], 10**6)

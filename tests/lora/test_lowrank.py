@@ -63,3 +63,13 @@ def test_plot_rank_error_and_slider_redraws_on_change():
     assert drawn == []  # nothing drawn at creation: the notebook draws the static copy itself
     box.children[0].value = 3
     assert drawn == [3]
+
+
+def test_choose_rank_reads_the_spectrum_and_respects_the_budget():
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(40, 6, generator=g))
+    V, _ = torch.linalg.qr(torch.randn(30, 6, generator=g))
+    delta = (U * torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5, 0.25])) @ V.T  # errors 1, .50, .25, .12, .06, .03, 0
+    assert [lowrank.choose_rank(delta, e, 10**6) for e in (1.0, 0.3, 0.1, 0.01)] == [0, 2, 4, 6]
+    assert lowrank.choose_rank(delta, 0.1, 3 * 70) == 3 and lowrank.choose_rank(delta, 0.1, 69) == 0
+    assert isinstance(lowrank.choose_rank(delta, 0.1, 10**6), int)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from course_lib.core import tasks
+from course_lib.lora.experiments import make_batches
 from course_lib.qlora import bnb, memory
 from course_lib.training import finetune
 from course_lib.training.finetune import LoraSettings
@@ -149,3 +150,16 @@ def test_training_starts_from_unpacked_weights_after_a_generation(small_checkpoi
     layer(x2).pow(2).sum().backward()
     # the packed layout rounds the block scales (about 1e-5 relative on a 256-wide layer); packed, x2 got no gradient
     assert x2.grad is not None and float((x2.grad - reference).norm() / reference.norm()) < 1e-2
+
+
+def test_qlora_train_steps_builds_the_recipe_and_lowers_the_loss(small_checkpoint, tokenizer):
+    import bitsandbytes
+
+    batch = make_batches([tasks.to_messages(tasks.make_examples(1, seed=0)[0])], tokenizer, batch_size=1, steps=1)[0]
+    torch.manual_seed(0)
+    model, losses = bnb.qlora_train_steps(small_checkpoint, [batch] * 3, lr=1e-2, r=4)
+    layers = [m for m in model.modules() if isinstance(m, bitsandbytes.nn.Linear4bit)]
+    assert len(layers) == 2 * 7
+    assert {(m.weight.quant_state.quant_type, m.weight.quant_state.nested) for m in layers} == {("nf4", True)}
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    assert len(losses) == 3 and losses[-1] < losses[0]

@@ -252,3 +252,14 @@ def test_fast_path_checkpoints_only_what_does_not_fit():
     assert tokens == 8000 and 0.4 < fraction < 0.6  # half the memory: about half the layers
     tokens, fraction = memory.plan_checkpointing(config, 8000, 1e8, 512)
     assert fraction == 1.0 and 512 <= tokens < 8000 and tokens % 256 == 0  # too little: smaller micro-batches
+
+
+def test_qlora_state_bytes_agrees_with_the_planner():
+    assert memory.qlora_state_bytes(0, 10, 0) == 40 and memory.qlora_state_bytes(0, 0, 10) == 160
+    assert memory.qlora_state_bytes(64 * 256, 0, 0) == 64 * 256 / 2 + 256 + 4
+    shape = memory.shape_of("default")
+    est = memory.estimate("default", "qlora", batch_size=1, seq_len=8, device="cpu")
+    planner = est.breakdown["weights"] + est.all_gradients + est.breakdown["optimizer"]
+    mine = memory.qlora_state_bytes(shape.linear_parameters, shape.num_parameters - shape.linear_parameters,
+                                    shape.lora_parameters(16, memory.ALL_LINEAR))
+    assert abs(mine - planner) / planner < 2e-3

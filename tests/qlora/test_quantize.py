@@ -138,3 +138,13 @@ def test_error_shrinks_with_smaller_blocks():
 def test_bad_block_size_is_refused():
     with pytest.raises(ValueError, match="block_size"):
         quantize.absmax_quantize(torch.ones(4), 0)
+
+
+def test_nf4_quantize_block_agrees_with_the_blockwise_quantizer():
+    torch.manual_seed(0)
+    block = torch.randn(64) * 0.03
+    indices, absmax = quantize.nf4_quantize_block(block)
+    reference = quantize.nf4_quantize(block, 64)
+    assert indices.dtype == torch.uint8 and absmax == reference.absmax.item()
+    assert torch.equal(indices.long(), reference.indices.long())
+    assert quantize.nf4_quantize_block(torch.tensor([2.0, -2.0, 0.0, 1.0]))[0].tolist() == [15, 0, 7, 12]
