@@ -249,6 +249,85 @@ def learned_text(row: Mapping, tokenizer) -> str:
     return tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX])
 
 
+# The labelling bugs real pipelines make, each named by its cause (what a row that has it teaches the model).
+LABEL_BUGS = {
+    "ok": "every assistant reply and its end token are learned, nothing else",
+    "prompt_learned": "prompt tokens (system, user, template) are learned too: the loss learns the prompt",
+    "reply_masked": "part or all of a reply is masked: the model does not learn (all of) the answer",
+    "end_masked": "the replies are learned but an end token is masked: the model never learns to stop",
+    "shifted": "the labels were shifted one place by hand; the model shifts them again and learns two tokens ahead",
+}
+
+
+def with_label_bug(messages: Sequence[Mapping], tokenizer, bug: str, variant: int = 0) -> dict:
+    """A chat tokenized the way a buggy pipeline does it, with the labelling bug `bug` (a key of LABEL_BUGS).
+
+    Variants are different pipelines with the same bug: prompt_learned 0 labels = input_ids (a completion collator),
+    1 learns the assistant header too, 2 masks only the system prompt; reply_masked 0 learns only the last reply,
+    1 starts each reply one token late; end_masked 0 masks every end token by id (pad token = EOS); shifted 0
+    shifts the right labels left by one.
+    """
+    row = tokenize_chat(messages, tokenizer)
+    ids, right = list(row["input_ids"]), list(row["labels"])
+    spans = assistant_spans([{"role": m["role"], "content": m["content"]} for m in messages], tokenizer, ids)
+    labels = list(right)
+    if bug == "ok":
+        pass
+    elif bug == "prompt_learned" and variant == 0:
+        labels = list(ids)
+    elif bug == "prompt_learned" and variant == 1:
+        header = len(assistant_header_ids(tokenizer))
+        for start, _ in spans:
+            labels[start - header : start] = ids[start - header : start]
+    elif bug == "prompt_learned" and variant == 2:
+        system_end = len(_render_ids(tokenizer, list(messages)[:1], add_generation_prompt=False))
+        if messages[0]["role"] != "system":
+            raise ValueError("variant 2 needs a chat that starts with a system message")
+        labels = [IGNORE_INDEX] * system_end + ids[system_end:]
+    elif bug == "reply_masked" and variant == 0:
+        if len(spans) < 2:
+            raise ValueError("variant 0 needs a chat with at least two replies")
+        labels = [IGNORE_INDEX] * len(ids)
+        start, end = spans[-1]
+        labels[start:end] = ids[start:end]
+    elif bug == "reply_masked" and variant == 1:
+        for start, _ in spans:
+            labels[start] = IGNORE_INDEX
+    elif bug == "end_masked" and variant == 0:
+        end_id = _eos_id(tokenizer)
+        labels = [IGNORE_INDEX if token == end_id else label for token, label in zip(ids, right)]
+    elif bug == "shifted" and variant == 0:
+        labels = right[1:] + [IGNORE_INDEX]
+    else:
+        raise ValueError(f"no pipeline makes bug {bug!r} as variant {variant}; bugs: {', '.join(LABEL_BUGS)}")
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def label_bug(messages: Sequence[Mapping], row: Mapping, tokenizer) -> str:
+    """Which labelling bug (a key of LABEL_BUGS) a tokenized chat row has, assuming at most one.
+
+    The row's labels are compared with the right ones (`tokenize_chat`). A shift is named before its symptoms (a
+    shifted row also learns the last header token and masks an end token), and a reply masked in part or whole is
+    named before the end tokens it takes with it.
+    """
+    right = tokenize_chat(messages, tokenizer)
+    ids, labels = list(row["input_ids"]), list(row["labels"])
+    if ids != list(right["input_ids"]) or len(labels) != len(ids):
+        raise ValueError("the row is not this chat rendered by the tokenizer's chat template")
+    expected, end_id = right["labels"], _eos_id(tokenizer)
+    learned = [t for t, label in enumerate(labels) if label != IGNORE_INDEX]
+    if any(labels[t] != ids[t] for t in learned) and all(t + 1 < len(ids) and labels[t] == ids[t + 1] for t in learned):
+        return "shifted"
+    if any(expected[t] == IGNORE_INDEX and labels[t] != IGNORE_INDEX for t in range(len(ids))):
+        return "prompt_learned"
+    masked = [t for t in range(len(ids)) if expected[t] != IGNORE_INDEX and labels[t] == IGNORE_INDEX]
+    if any(ids[t] != end_id for t in masked):
+        return "reply_masked"
+    if masked:
+        return "end_masked"
+    return "ok"
+
+
 def pad_token_note(tokenizer) -> str:
     """One paragraph on the tokenizer's pad token: which it is, and why it is not EOS."""
     pad, eos = tokenizer.pad_token, tokenizer.eos_token

@@ -218,3 +218,40 @@ def test_chat_collator_needs_a_pad_token():
 
     with pytest.raises(ValueError, match="no pad token"):
         ChatCollator(NoPad())
+
+
+_CHAT = [{"role": "system", "content": "Answer with one word."}, {"role": "user", "content": "Sky?"},
+         {"role": "assistant", "content": "Blue"}, {"role": "user", "content": "Grass?"},
+         {"role": "assistant", "content": "Green"}]
+_PIPELINES = [("ok", 0), ("prompt_learned", 0), ("prompt_learned", 1), ("prompt_learned", 2), ("reply_masked", 0),
+              ("reply_masked", 1), ("end_masked", 0), ("shifted", 0)]
+
+
+@pytest.mark.parametrize("bug,variant", _PIPELINES)
+def test_label_bug_names_the_bug_each_pipeline_makes(tokenizer, bug, variant):
+    row = tokenize.with_label_bug(_CHAT, tokenizer, bug, variant)
+    assert row["input_ids"] == tokenize_chat(_CHAT, tokenizer)["input_ids"]  # only the labels are wrong
+    assert tokenize.label_bug(_CHAT, row, tokenizer) == bug
+    assert (row["labels"] == tokenize_chat(_CHAT, tokenizer)["labels"]) == (bug == "ok")
+
+
+def test_label_bug_symptoms_and_causes(tokenizer):
+    right = tokenize_chat(_CHAT, tokenizer)
+    shifted = tokenize.with_label_bug(_CHAT, tokenizer, "shifted")
+    # a shifted row learns a header token and masks an end token, yet its cause is the shift
+    header_end = [t for t, label in enumerate(right["labels"]) if label != IGNORE_INDEX][0] - 1
+    assert shifted["labels"][header_end] == right["input_ids"][header_end + 1]
+    only_last = tokenize.with_label_bug(_CHAT, tokenizer, "reply_masked", 0)
+    assert tokenizer.decode([t for t, l in zip(only_last["input_ids"], only_last["labels"]) if l != IGNORE_INDEX]) == \
+        "Green<|im_end|>"
+    assert set(tokenize.LABEL_BUGS) == {bug for bug, _ in _PIPELINES}
+
+
+def test_label_bug_refuses_a_row_of_another_chat_and_unknown_pipelines(tokenizer):
+    other = tokenize_chat(_CHAT[:3], tokenizer)
+    with pytest.raises(ValueError, match="not this chat"):
+        tokenize.label_bug(_CHAT, other, tokenizer)
+    with pytest.raises(ValueError, match="no pipeline"):
+        tokenize.with_label_bug(_CHAT, tokenizer, "end_masked", 3)
+    with pytest.raises(ValueError, match="two replies"):
+        tokenize.with_label_bug(_CHAT[:3], tokenizer, "reply_masked", 0)
