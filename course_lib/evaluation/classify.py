@@ -10,6 +10,7 @@ is trained in full (`modules_to_save`), because a fresh head has nothing to adap
 
 from __future__ import annotations
 
+import math
 import random
 import tempfile
 import time
@@ -247,6 +248,21 @@ def chance_level(y_train: Sequence[int], y_test: Sequence[int], num_classes: int
     majority = max(range(num_classes), key=lambda c: (list(y_train).count(c), -c))
     return {"uniform": 1 / num_classes, "majority": sum(t == majority for t in y_test) / len(y_test),
             "majority_class": majority}
+
+
+def diagnose_run(train_losses: Sequence[float], val_losses: Sequence[float], num_classes: int) -> str:
+    """'overfit', 'underfit' or 'good' for a classifier's run, judged against chance rather than its own start.
+
+    Overfit: the last validation loss is more than 10% above the run's lowest. Underfit: the last training loss is
+    still above 90% of ln(num_classes), the cross-entropy of a uniform guess over the classes.
+    """
+    if not train_losses or not val_losses:
+        raise ValueError("diagnose_run needs training and validation losses")
+    if val_losses[-1] > 1.1 * min(val_losses):
+        return "overfit"
+    if train_losses[-1] > 0.9 * math.log(num_classes):
+        return "underfit"
+    return "good"
 
 
 @dataclass(frozen=True)

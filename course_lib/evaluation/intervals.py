@@ -64,10 +64,8 @@ class PairedComparison:
     p_value: float  # two-sided: how often the resampled difference falls on the other side of zero, doubled
 
     def __str__(self) -> str:
-        verdict = "B is better" if self.difference.low > 0 else "A is better" if self.difference.high < 0 else \
-            "no clear difference"
         return (f"A {self.mean_a:.3f}, B {self.mean_b:.3f}, B - A = {self.difference} "
-                f"(p ≈ {self.p_value:.3f}): {verdict}")
+                f"(p ≈ {self.p_value:.3f}): {verdict(self)}")
 
 
 def paired_bootstrap(scores_a: Sequence[float], scores_b: Sequence[float], n_resamples: int = 2000,
@@ -88,6 +86,15 @@ def paired_bootstrap(scores_a: Sequence[float], scores_b: Sequence[float], n_res
     else:
         p = 1.0
     return PairedComparison(float(a.mean()), float(b.mean()), interval, min(1.0, p))
+
+
+def verdict(comparison: PairedComparison) -> str:
+    """'B is better', 'A is better' or 'no clear difference': the interval of B - A decides, not the two means."""
+    if comparison.difference.low > 0:
+        return "B is better"
+    if comparison.difference.high < 0:
+        return "A is better"
+    return "no clear difference"
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> Interval:

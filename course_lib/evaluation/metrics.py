@@ -92,9 +92,17 @@ def batch_nll(model, batch: dict) -> tuple[float, int]:
 
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits_nll(logits, batch["labels"])
+
+
+def logits_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token NLL (nats) and the number of scored tokens, from a batch's logits and its labels.
+
+    `labels` line up with the input ids (-100 where nothing is scored: the prompt, the padding).
+    """
     # Position t predicts token t+1: drop the last logit and the first label.
     logits = logits[:, :-1, :].float()
-    labels = batch["labels"][:, 1:]
+    labels = labels[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                           ignore_index=IGNORE_INDEX, reduction="sum")
     return float(nll), int((labels != IGNORE_INDEX).sum())

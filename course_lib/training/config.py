@@ -19,6 +19,7 @@ from transformers import TrainingArguments, get_scheduler
 from transformers.training_args import OptimizerNames
 
 from course_lib.core.runtime import detect_device
+from course_lib.qlora.memory import estimate
 
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -346,3 +347,24 @@ def check_trainable_dtypes(model, precision: str) -> None:
             "and a loss scaler, so load the model in float32 and set precision='fp16' (autocast) instead")
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("the model has no trainable parameters: every weight is frozen (requires_grad=False)")
+
+
+def plan_batch(budget_bytes: float, model_config, method: str, target_batch: int, seq_len: int) -> TrainConfig:
+    """A TrainConfig reaching `target_batch` per optimizer step whose planned peak memory fits `budget_bytes`.
+
+    The largest power-of-two per-device batch dividing `target_batch` that fits, accumulation for the rest; gradient
+    checkpointing only when no batch fits without it; ValueError when nothing fits (planned by `qlora.memory`).
+    """
+    for checkpointing in (False, True):
+        best, per_device = None, 1
+        while per_device <= target_batch and target_batch % per_device == 0:
+            planned = estimate(model_config, method, batch_size=per_device, seq_len=seq_len,
+                               gradient_checkpointing=checkpointing, device="cpu")
+            if planned.total_bytes <= budget_bytes:
+                best = per_device
+            per_device *= 2
+        if best is not None:
+            return TrainConfig(per_device_batch_size=best, grad_accum=target_batch // best,
+                               effective_batch_size=target_batch, gradient_checkpointing=checkpointing)
+    raise ValueError(f"{method} does not fit in {budget_bytes / 2**30:.2f} GiB even with one sequence per step "
+                     "and gradient checkpointing")

@@ -63,3 +63,11 @@ def test_lora_classifier_on_the_real_encoder_trains_only_adapters_and_head():
     assert len(predictions) == 16 and all(0 <= p < 4 for p in predictions)
     report = classify.classification_report([e.label for e in splits["test"]], predictions, [e.label for e in splits["train"]])
     assert sum(map(sum, report.matrix)) == 16 and "chance" in str(report)
+
+
+def test_diagnose_run_judges_against_chance_not_the_first_loss():
+    assert classify.diagnose_run([1.4, 0.6, 0.2], [1.3, 1.0, 1.6], 4) == "overfit"
+    assert classify.diagnose_run([4.0, 2.0, 1.3], [3.5, 1.8, 1.3], 4) == "underfit"  # halved, but no better than chance
+    assert classify.diagnose_run([0.70, 0.6, 0.5], [0.7, 0.6, 0.55], 2) == "good"  # never halved, past chance (0.69)
+    with pytest.raises(ValueError):
+        classify.diagnose_run([], [1.0], 4)

@@ -56,3 +56,11 @@ def test_wilson_interval():
     assert half.low == pytest.approx(0.4038, abs=1e-3) and half.high == pytest.approx(0.5962, abs=1e-3)
     with pytest.raises(ValueError):
         intervals.wilson_interval(3, 0)
+
+
+def test_verdict_claims_a_difference_only_when_the_interval_excludes_zero():
+    gain = intervals.paired_bootstrap([0.0] * 8 + [1.0] * 32, [1.0] * 40)
+    assert intervals.verdict(gain) == "B is better" and gain.difference.low > 0
+    assert intervals.verdict(intervals.paired_bootstrap([1.0] * 40, [0.0] * 8 + [1.0] * 32)) == "A is better"
+    assert intervals.verdict(intervals.paired_bootstrap([0.0, 1.0] * 10, [1.0, 0.0] * 10)) == "no clear difference"
+    assert "B is better" in str(gain)

@@ -109,3 +109,14 @@ def test_report_counts_parse_failures_as_wrong():
 def test_report_length_mismatch():
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         metrics.exact_match_report(["a", "b"], [REF])
+
+
+def test_logits_nll_shifts_masks_and_sums():
+    import torch
+
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 1] = torch.tensor([0.0, 0.0, math.log(2.0)])  # position 1 predicts position 2: p(2) = 1/2
+    total, n = metrics.logits_nll(logits, torch.tensor([[5, -100, 2, -100]]))  # label 5 at position 0 is never scored
+    assert n == 1 and total == pytest.approx(math.log(2.0))
+    total, n = metrics.logits_nll(torch.zeros(2, 3, 4), torch.tensor([[-100, 1, 2], [-100, 3, -100]]))
+    assert n == 3 and total == pytest.approx(3 * math.log(4.0))

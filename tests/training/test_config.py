@@ -14,6 +14,7 @@ from course_lib.training.config import (
     decay_parameter_names,
     lr_at,
     parameter_groups,
+    plan_batch,
     resolve_precision,
     schedule_curve,
     steps_per_epoch,
@@ -189,3 +190,24 @@ def test_the_trainer_runs_the_steps_and_learning_rates_the_config_predicts(tiny_
 def test_optim_reaches_the_training_arguments():
     assert TrainConfig(optim="sgd").to_training_arguments("out", device="cpu").optim == "sgd"
     assert TrainConfig().to_training_arguments("out", device="cpu").optim.value.startswith("adamw")
+
+
+def test_plan_batch_takes_the_largest_micro_batch_that_fits_and_checkpoints_only_when_needed():
+    from transformers import LlamaConfig
+
+    from course_lib.qlora.memory import estimate
+
+    smol = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+
+    def planned(method, b, checkpointing):
+        return estimate(smol, method, batch_size=b, seq_len=128, gradient_checkpointing=checkpointing,
+                        device="cpu").total_bytes
+
+    plan = plan_batch(planned("full", 4, False) + 1, smol, "full", 32, 128)
+    assert (plan.per_device_batch_size, plan.grad_accum, plan.gradient_checkpointing) == (4, 8, False)
+    assert plan.effective_batch_size == plan.effective_batch() == 32
+    plan = plan_batch(planned("lora", 1, True), smol, "lora", 16, 128)
+    assert (plan.per_device_batch_size, plan.grad_accum, plan.gradient_checkpointing) == (1, 16, True)
+    with pytest.raises(ValueError):
+        plan_batch(2**30, smol, "full", 32, 128)
