@@ -7,8 +7,11 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 import textwrap
 from typing import Any, Callable
+
+import numpy as np
 
 
 def fallback(mine: Callable, reference: Callable, name: str | None = None) -> Callable:
@@ -75,11 +78,24 @@ def show_source(obj: Any, start: str | None = None, stop: str | None = None) -> 
 
 
 def expect(case: str, got: Any, expected: Any, tol: float | None = None) -> None:
-    """A visible test's check: raise AssertionError naming the case, what was expected and what came back."""
+    """A visible test's check: raise AssertionError naming the case, what was expected and what came back.
+
+    With `tol`, numbers, lists and tensors are compared within `tol` (relative and absolute)."""
     if tol is None:
         same = got == expected
         same = bool(same.all()) if hasattr(same, "all") else bool(same)
     else:
-        same = math.isclose(float(got), float(expected), rel_tol=tol, abs_tol=tol)
+        same = _close(got, expected, tol)
     if not same:
         raise AssertionError(f"{case}: expected {expected!r}, got {got!r}")
+
+
+def _close(got: Any, expected: Any, tol: float) -> bool:
+    if isinstance(got, numbers.Number) and isinstance(expected, numbers.Number):
+        return math.isclose(float(got), float(expected), rel_tol=tol, abs_tol=tol)
+    try:
+        got_array, expected_array = (np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=float)
+                                     for v in (got, expected))
+    except (TypeError, ValueError):
+        return False
+    return got_array.shape == expected_array.shape and bool(np.allclose(got_array, expected_array, rtol=tol, atol=tol))

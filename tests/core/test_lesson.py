@@ -88,5 +88,10 @@ def test_expect_names_the_case_the_expected_and_the_result():
     expect("two plus two", 4, 4)
     expect("close", 0.1 + 0.2, 0.3, tol=1e-9)
     expect("tensors", torch.ones(3), torch.ones(3))
+    expect("tensors within a tolerance", torch.ones(3) + 1e-7, [1.0, 1.0, 1.0], tol=1e-6)
+    with pytest.raises(AssertionError, match="shape"):
+        expect("shape", torch.ones(3), torch.ones(4), tol=1e-3)
+    with pytest.raises(AssertionError, match="off"):
+        expect("off", torch.ones(2), [1.0, 1.1], tol=1e-3)
     with pytest.raises(AssertionError, match=r"block of zeros: expected \[0, 0\], got \[0, 1\]"):
         expect("block of zeros", [0, 1], [0, 0])
