@@ -34,12 +34,19 @@ def test_notebook_runs_in_smoke_profile(notebook, tmp_path):
 def test_blank_student_notebook_runs_to_the_end(notebook, tmp_path):
     """Papermill (and JupyterLab's Run All) go past a failing test cell: graded cells carry `raises-exception`."""
     import papermill
+    from papermill.exceptions import PapermillExecutionError
 
     out = tmp_path / notebook.name
-    papermill.execute_notebook(str(notebook), str(out), parameters={"PROFILE": "grade"}, progress_bar=False,
-                               kernel_name="python3", cwd=str(tmp_path), extra_arguments=QUIET_KERNEL)
-    cells = json.loads(out.read_text())["cells"]
+    try:  # papermill runs every cell, then raises for the first error it saw: here, a test cell's
+        papermill.execute_notebook(str(notebook), str(out), parameters={"PROFILE": "grade"}, progress_bar=False,
+                                   kernel_name="python3", cwd=str(tmp_path), extra_arguments=QUIET_KERNEL)
+    except PapermillExecutionError:
+        pass
+    cells = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
     failed = {i for i, c in enumerate(cells) for o in c.get("outputs", []) if o.get("output_type") == "error"}
     tests = {i for i, c in enumerate(cells) if c.get("metadata", {}).get("nbgrader", {}).get("grade")}
-    assert failed - tests == set(), [f"cell {i}: {cells[i]['source'][:80]!r}" for i in sorted(failed - tests)]
+    assert failed - tests == set(), [f"code cell {i}: {''.join(cells[i]['source'])[:80]!r}"
+                                     for i in sorted(failed - tests)]
     assert failed, "a blank notebook whose tests all pass tests nothing"
+    assert all(c.get("execution_count") for c in cells if "".join(c["source"]).strip()), \
+        "the notebook stopped before its last cell"
