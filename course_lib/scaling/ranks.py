@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -126,6 +127,10 @@ def rank_main(rank: int, function: Callable, args: tuple, num_processes: int, po
                       LOCAL_WORLD_SIZE=str(num_processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       OMP_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)
+    # accelerate keeps its state in class-level singletons: one built earlier in the parent (any Accelerator made
+    # in the notebook or the test session) would be inherited by the fork and say "1 process, no group"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     out = Path(folder) / f"rank{rank}.json"
     try:
         returned = function(*args)

@@ -58,3 +58,12 @@ def _waits_forever(*args):
 def test_a_hanging_rank_is_stopped_after_the_timeout():
     with pytest.raises(TimeoutError):
         ranks.run_on_ranks(_waits_forever, num_processes=2, timeout=2)
+
+
+def test_an_accelerator_made_before_the_fork_does_not_leak_into_the_ranks(inputs):
+    """A notebook (or a test session) that built an Accelerator before launching: each rank still joins the group."""
+    from accelerate import Accelerator
+
+    Accelerator(cpu=True)  # the parent's single-process state
+    results = ranks.run_on_ranks(ranks.reference_train, inputs, num_processes=2)
+    assert [r["world_size"] for r in results] == [2, 2]
