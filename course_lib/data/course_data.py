@@ -69,12 +69,6 @@ def read(folder: str | Path | None = None, seed: int = 0, quiet: bool = False) -
     return build(seed)
 
 
-def examples(split: str, n: int | None = None, folder: str | Path | None = None, seed: int = 0) -> list[tasks.Example]:
-    """The first `n` rows of a split as task examples (input text and exact answer)."""
-    rows = read(folder, seed)[split][:n]
-    return [to_example(row) for row in rows]
-
-
 def _digest(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; run notebook 01's last section again")

@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from course_lib.core import tasks
-from course_lib.scaling.distributed import free_port
+from course_lib.data.tokenize import pad_batch
+from course_lib.scaling.distributed import _checksum, free_port
 
 # The 2-layer Llama of the exercise: real vocabulary, random weights, a few hundred microseconds per step.
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
@@ -59,10 +60,7 @@ def collate_for(pad_token_id: int) -> Callable[[list[list[int]]], dict]:
     """A collate function: right padding, attention mask, labels = input ids with padding set to -100."""
 
     def collate(rows: list[list[int]]) -> dict:
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([list(r) + [pad_token_id] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        return pad_batch([{"input_ids": r, "attention_mask": [1] * len(r), "labels": r} for r in rows], pad_token_id)
 
     return collate
 
@@ -99,7 +97,7 @@ def reference_train(make_model: Callable, train_rows: Sequence, eval_rows: Seque
 
 def weights_checksum(model) -> dict[str, float]:
     """The sum of each trainable tensor (float64), by name: equal checksums mean equal weights."""
-    return {name: p.detach().double().sum().item() for name, p in model.named_parameters() if p.requires_grad}
+    return _checksum((name, p) for name, p in model.named_parameters() if p.requires_grad)
 
 
 def _plain(value: Any) -> Any:
