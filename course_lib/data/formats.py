@@ -3,6 +3,9 @@
 - completion:  {"text": ...}                                   the model learns every token
 - instruction: {"instruction": ..., "input": ..., "output": ...} the model learns the output
 - chat:        {"messages": [{"role": ..., "content": ...}, ...]} the model learns the assistant turns
+- prompt_completion: {"prompt": ..., "completion": ...}          trl's plain-text pair: the model learns the completion
+
+course_lib.data.schemas maps the other common schemas (ShareGPT, text parts, trl's conversational pairs) onto these.
 
 This module works on text only; course_lib.data.tokenize turns rows into tokens and labels. Chats are
 rendered with the tokenizer's own chat template, never with a hand-written imitation of it.
@@ -16,7 +19,8 @@ from course_lib.core import tasks
 
 FORMATS = ("completion", "instruction", "chat")
 ROLES = ("system", "user", "assistant")
-FORMAT_FIELDS = {"completion": ("text",), "instruction": ("instruction", "input", "output"), "chat": ("messages",)}
+FORMAT_FIELDS = {"completion": ("text",), "instruction": ("instruction", "input", "output"), "chat": ("messages",),
+                 "prompt_completion": ("prompt", "completion")}
 
 # An Alpaca-style prompt for the instruction format, for models that have no chat template (base models).
 INSTRUCTION_HEADER = "Below is an instruction that describes a task. Write a response that completes the request."
@@ -36,7 +40,7 @@ def detect_format(row: Mapping) -> str:
     if len(present) == 1:
         return present[0]
     if not present:
-        raise FormatError("the row has none of the fields 'text', 'instruction'/'output' or 'messages'")
+        raise FormatError("the row has none of the fields 'text', 'instruction'/'output', 'messages' or 'prompt'/'completion'")
     raise FormatError(f"the row mixes the fields of the {' and '.join(present)} formats")
 
 
@@ -54,14 +58,30 @@ def instruction_text(row: Mapping, eos_token: str) -> str:
     """The whole training text of an instruction row: its prompt, the output, then EOS so the model learns to stop."""
     if not eos_token:
         raise FormatError("an EOS token is needed: without it the model never learns where an answer ends")
-    return instruction_prompt(row["instruction"], row.get("input")) + row["output"] + eos_token
+    return instruction_prompt(row["instruction"], row.get("input")) + strip_eos(row["output"], eos_token) + eos_token
 
 
 def completion_text(text: str, eos_token: str) -> str:
     """A completion row's training text: the text with one EOS at the end (not doubled if already there)."""
     if not eos_token:
         raise FormatError("an EOS token is needed: without it the model never learns where a document ends")
-    return text if text.endswith(eos_token) else text + eos_token
+    return strip_eos(text, eos_token) + eos_token
+
+
+def strip_eos(text: str, eos_token: str | None) -> str:
+    """The text without one EOS (and whitespace after it) at its end: the library appends exactly one itself."""
+    trimmed = text.rstrip()
+    if eos_token and trimmed.endswith(eos_token):
+        return trimmed[: -len(eos_token)]
+    return text
+
+
+def conversation(row: Mapping) -> list[dict]:
+    """A row's turns as messages, the same for every format that holds one example (a completion row is one 'text' turn)."""
+    fmt = detect_format(row)
+    if fmt == "completion":
+        return [{"role": "text", "content": row["text"]}]
+    return to_chat(row)["messages"]
 
 
 def instruction_to_messages(row: Mapping) -> list[dict]:
@@ -94,6 +114,8 @@ def to_chat(row: Mapping) -> dict:
         return {"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]}
     if fmt == "instruction":
         return {"messages": instruction_to_messages(row)}
+    if fmt == "prompt_completion":
+        return {"messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]}
     raise FormatError("a completion row has no prompt/answer split, so it cannot become a chat")
 
 
@@ -104,6 +126,8 @@ def to_instruction(row: Mapping) -> dict:
         return {"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"]}
     if fmt == "chat":
         return messages_to_instruction(row["messages"])
+    if fmt == "prompt_completion":
+        return {"instruction": row["prompt"], "input": "", "output": row["completion"]}
     raise FormatError("a completion row has no prompt/answer split, so it cannot become an instruction")
 
 
@@ -117,6 +141,8 @@ def to_completion(row: Mapping, tokenizer) -> dict:
         return {"text": completion_text(row["text"], tokenizer.eos_token)}
     if fmt == "instruction":
         return {"text": instruction_text(row, tokenizer.eos_token)}
+    if fmt == "prompt_completion":
+        return {"text": row["prompt"] + completion_text(row["completion"], tokenizer.eos_token)}
     text = tokenizer.apply_chat_template(to_chat(row)["messages"], tokenize=False, add_generation_prompt=False)
     return {"text": text}
 

@@ -1,14 +1,17 @@
 """Deduplicate rows (exact and normalized) and split them so that no prompt crosses splits, with a proof.
 
-Leakage is judged on the *normalized prompt*: two rows that ask the same thing (up to case, accents'
-Unicode form, punctuation and spacing) must land in the same split, even when their answers differ,
-or the test set measures memory instead of skill.
+Leakage is judged on the *normalized prompt*: two rows that ask the same thing (up to case, spacing and
+Unicode-equivalent forms) must land in the same split, even when their answers differ, or the test set
+measures memory instead of skill. Normalizing keeps every operator, symbol and emoji: "2+3" and "2-3"
+are different questions. Keys are computed on the conversation's content, so one example written as an
+instruction row and the same example converted to a chat share them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import unicodedata
@@ -17,47 +20,45 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from datasets import DatasetDict
 
-from course_lib.data.formats import detect_format
-from course_lib.data.tokenize import SOURCE_ROW
+from course_lib.data.encode import SOURCE_ROW
+from course_lib.data.formats import conversation
+from course_lib.data.validate import as_dataset
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+", re.UNICODE)
+# What an editor or a copy-paste changes without changing the text: invisible characters and typographic quotes.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad"))
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
+                         "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"'})
 
 
 def normalize_text(text: str) -> str:
-    """Unicode NFKC, case-folded, punctuation turned into spaces, runs of whitespace collapsed, stripped."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = _PUNCT.sub(" ", text)
+    """Unicode NFKC, case-folded, typographic quotes made plain, invisible characters removed, whitespace collapsed.
+
+    Operators, symbols, punctuation and emoji are kept: they change what a prompt asks.
+    """
+    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE).translate(_QUOTES).casefold()
     return _SPACE.sub(" ", text).strip()
 
 
 def prompt_text(row: Mapping) -> str:
-    """What a row asks: the text of a completion row, instruction + input, or a chat without its last answer.
+    """What a row asks: every turn before its last answer (system included), or a completion row's whole text.
 
-    System messages are left out: many rows share one system prompt, and it does not make two
-    different questions the same.
+    Computed on the conversation, so an instruction row and its chat form give the same prompt.
     """
-    fmt = detect_format(row)
-    if fmt == "completion":
-        return row["text"]
-    if fmt == "instruction":
-        return f"{row['instruction']}\n{row.get('input') or ''}"
-    messages = list(row["messages"])
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-    return "\n".join(m["content"] for m in messages[:last] if m["role"] != "system")
+    turns = conversation(row)
+    last = max((i for i, m in enumerate(turns) if m["role"] == "assistant"), default=len(turns))
+    return "\n".join(m["content"] for m in turns[:last])
 
 
 def row_text(row: Mapping) -> str:
-    """All the text of a row, in a fixed order (for normalized deduplication)."""
-    fmt = detect_format(row)
-    if fmt == "completion":
-        return row["text"]
-    if fmt == "instruction":
-        return "\n".join([row["instruction"], row.get("input") or "", row["output"]])
-    return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
+    """All the text of a row as a conversation, in a fixed order (for normalized deduplication)."""
+    turns = conversation(row)
+    if len(turns) == 1 and turns[0]["role"] == "text":
+        return turns[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
 
 
 def prompt_key(row: Mapping) -> str:
@@ -191,23 +192,51 @@ def split_groups(keys: Sequence[str], fractions: Mapping[str, float] | None = No
     return {name: sorted(indices) for name, indices in out.items()}
 
 
+class SplitTooSmallError(ValueError):
+    """A dataset with too few distinct prompts for the requested splits (the message says how many each needs)."""
+
+
+def check_split_sizes(indices: Mapping[str, Sequence[int]], keys: Sequence[str],
+                      fractions: Mapping[str, float] | None = None) -> None:
+    """Raise SplitTooSmallError when a split with a positive fraction came out empty."""
+    fractions = dict(fractions or DEFAULT_FRACTIONS)
+    empty = [name for name, idx in indices.items() if not idx and fractions.get(name, 0) > 0]
+    if not empty:
+        return
+    distinct = len(set(keys))
+    need = {name: math.ceil(1 / f) for name, f in fractions.items() if f > 0}
+    shown = ", ".join(f"{name} {fractions[name]:g} needs {n}" for name, n in need.items())
+    raise SplitTooSmallError(
+        f"the {', '.join(map(repr, empty))} split came out empty: {len(keys)} rows with {distinct} distinct prompts "
+        f"are too few for the fractions {fractions}. Each split needs at least one prompt, so each needs at least "
+        f"1/fraction distinct prompts in all ({shown}). Add rows, or ask for fewer or larger splits, e.g. "
+        f"fractions={{'train': 0.8, 'test': 0.2}} (needs 5).")
+
+
 def split_rows(rows: Sequence[Mapping], fractions: Mapping[str, float] | None = None, seed: int = 0,
                key: Callable[[Mapping], str] = prompt_key) -> dict[str, list]:
     """Split rows into named splits with no normalized prompt shared between two splits."""
-    indices = split_groups([key(row) for row in rows], fractions, seed)
+    keys = [key(row) for row in rows]
+    indices = split_groups(keys, fractions, seed)
+    check_split_sizes(indices, keys, fractions)
     splits = {name: [rows[i] for i in idx] for name, idx in indices.items()}
     assert_no_leakage(splits, key)
     return splits
 
 
 def split_dataset(dataset: Dataset, fractions: Mapping[str, float] | None = None, seed: int = 0) -> DatasetDict:
-    """Split a `datasets.Dataset` into a DatasetDict without prompt leakage (keys computed by a batched map)."""
+    """Split a `datasets.Dataset` into a DatasetDict without prompt leakage (keys computed by a batched map).
+
+    A list of rows, a DataFrame or a file is validated into a Dataset first (course_lib.data.pipeline.as_dataset).
+    """
+    dataset = as_dataset(dataset)
 
     def keys(batch: dict) -> dict:
         return {"_prompt_key": [prompt_key(row) for row in batch_rows(batch)]}
 
     keyed = dataset.map(keys, batched=True)
     indices = split_groups(keyed["_prompt_key"], fractions, seed)
+    check_split_sizes(indices, keyed["_prompt_key"], fractions)
     result = DatasetDict({name: keyed.select(idx) for name, idx in indices.items()})
     assert_no_leakage({name: ds["_prompt_key"] for name, ds in result.items()}, key=None)
     return DatasetDict({name: ds.remove_columns("_prompt_key") for name, ds in result.items()})

@@ -1,4 +1,4 @@
-"""Turn rows into training tokens: the exact tokenizer, the model's own chat template, loss on the answer only.
+"""Tokenized datasets, label inspection and batching, on top of course_lib.data.encode (one row at a time).
 
 Labels follow the PyTorch convention: a label of IGNORE_INDEX (-100) is skipped by the cross-entropy, so
 prompt, system and user tokens get -100 and only the tokens the model should learn to write keep their id.
@@ -7,150 +7,20 @@ prompt, system and user tokens get -100 and only the tokens the model should lea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
+from datasets import Dataset, Features, List, Value
 
-from course_lib.data.formats import FormatError, completion_text, detect_format, instruction_prompt
+from course_lib.data.encode import (IGNORE_INDEX, SOURCE_ROW, TooLongError, assistant_header_ids, assistant_spans,
+                                    chat_segments, eos_id, finish_row, render_ids, render_prompt, tokenize_chat,
+                                    tokenize_completion, tokenize_prompt_completion, tokenize_row)
+from course_lib.data.validate import as_dataset
 
-if TYPE_CHECKING:
-    from datasets import Dataset
-
-IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
-SOURCE_ROW = "source_row"  # the column naming a row's index in the raw input, for reports
-
-
-# ---------------------------------------------------------------------------------------------------- chat
-
-
-def tokenize_chat(
-    messages: Sequence[Mapping], tokenizer, max_length: int | None = None, truncation: bool = True
-) -> dict:
-    """Token ids of a chat rendered with the tokenizer's chat template, labels only on assistant turns.
-
-    Each assistant turn is found by rendering the conversation up to it with the generation prompt:
-    whatever the full rendering adds after that prefix is the assistant's turn. The learned span runs
-    to the end-of-turn token inclusive, so the model learns to stop; the template's whitespace after
-    that token is masked, because generation stops at the end-of-turn token and never writes it.
-    """
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]  # drop Arrow's None-filled keys
-    full = _render_ids(tokenizer, messages, add_generation_prompt=False)
-    labels = [IGNORE_INDEX] * len(full)
-    for start, end in assistant_spans(messages, tokenizer, full):
-        labels[start:end] = full[start:end]
-    return _finish(full, labels, max_length, truncation)
-
-
-def assistant_spans(messages: Sequence[Mapping], tokenizer, full: Sequence[int] | None = None) -> list[tuple[int, int]]:
-    """The [start, end) token spans of every assistant turn's reply (content and end-of-turn token)."""
-    messages = list(messages)
-    if full is None:
-        full = _render_ids(tokenizer, messages, add_generation_prompt=False)
-    spans = []
-    for turn, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        if not any(m["role"] == "user" for m in messages[:turn]):
-            raise ValueError(f"assistant turn {turn} has no user turn before it: the template cannot prompt for it")
-        prefix = _render_ids(tokenizer, messages[:turn], add_generation_prompt=True)
-        upto = _render_ids(tokenizer, messages[: turn + 1], add_generation_prompt=False)
-        start, end = len(prefix), len(upto)
-        if list(full[:end]) != upto or upto[:start] != prefix:
-            raise ValueError(f"the chat template does not render turn {turn} as a prefix of the whole chat, "
-                             "so its assistant tokens cannot be located")
-        end = _trim_after_end_of_turn(full, start, end, tokenizer)
-        spans.append((start, end))
-    return spans
-
-
-def _trim_after_end_of_turn(ids: Sequence[int], start: int, end: int, tokenizer) -> int:
-    """Move `end` back to just after the turn's end-of-turn token when only template whitespace follows it."""
-    special = set(tokenizer.all_special_ids)
-    for i in range(end - 1, start - 1, -1):
-        if ids[i] in special:
-            return i + 1
-        if tokenizer.decode([ids[i]]).strip():  # real text after the last special token: keep the whole turn
-            return end
-    return end
-
-
-def _render_ids(tokenizer, messages: Sequence[Mapping], add_generation_prompt: bool) -> list[int]:
-    if not messages:
-        return []
-    encoded = tokenizer.apply_chat_template(
-        list(messages), tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
-    )
-    return list(encoded["input_ids"])
-
-
-def render_prompt(messages: Sequence[dict], tokenizer) -> str:
-    """The text a model sees before it answers: the chat template plus the assistant header."""
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-
-
-def assistant_header_ids(tokenizer) -> list[int]:
-    """The token ids the chat template writes before every assistant reply (its generation prompt)."""
-    user = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
-    with_prompt = _render_ids(tokenizer, user, add_generation_prompt=True)
-    without = _render_ids(tokenizer, user, add_generation_prompt=False)
-    if with_prompt[: len(without)] != without:
-        raise ValueError("the chat template's generation prompt is not a suffix of the prompt")
-    return with_prompt[len(without):]
-
-
-# ---------------------------------------------------------------------------------------------------- other formats
-
-
-def tokenize_prompt_completion(prompt: str, completion: str, tokenizer, max_length: int | None = None,
-                               truncation: bool = True) -> dict:
-    """Prompt tokens masked, completion tokens learned, then EOS (learned too).
-
-    The prompt is tokenized on its own, exactly as it will be at inference, and the completion's
-    tokens follow it; tokenizing the joined string could merge tokens across the seam.
-    """
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [_eos_id(tokenizer)]
-    ids = list(prompt_ids) + list(answer_ids)
-    labels = [IGNORE_INDEX] * len(prompt_ids) + list(answer_ids)
-    return _finish(ids, labels, max_length, truncation)
-
-
-def tokenize_completion(text: str, tokenizer, max_length: int | None = None, truncation: bool = True) -> dict:
-    """Plain text: every token learned, with one EOS at the end."""
-    eos = _eos_id(tokenizer)
-    ids = list(tokenizer(completion_text(text, tokenizer.eos_token), add_special_tokens=True)["input_ids"])
-    if ids[-1] != eos:  # the EOS string did not tokenize to the EOS id (unusual tokenizers): append the id
-        ids.append(eos)
-    return _finish(ids, list(ids), max_length, truncation)
-
-
-def tokenize_row(row: Mapping, tokenizer, max_length: int | None = None, truncation: bool = True) -> dict:
-    """Tokenize a row of any format, with labels for completion-only training."""
-    fmt = detect_format(row)
-    if fmt == "chat":
-        return tokenize_chat(row["messages"], tokenizer, max_length, truncation)
-    if fmt == "instruction":
-        prompt = instruction_prompt(row["instruction"], row.get("input"))
-        return tokenize_prompt_completion(prompt, row["output"], tokenizer, max_length, truncation)
-    return tokenize_completion(row["text"], tokenizer, max_length, truncation)
-
-
-def _eos_id(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise FormatError("the tokenizer has no EOS token: the model could not learn where an answer ends")
-    return tokenizer.eos_token_id
-
-
-class TooLongError(ValueError):
-    """A row is longer than max_length and truncation is off."""
-
-
-def _finish(ids: list[int], labels: list[int], max_length: int | None, truncation: bool) -> dict:
-    if max_length is not None and len(ids) > max_length:
-        if not truncation:
-            raise TooLongError(f"{len(ids)} tokens, longer than max_length={max_length} with truncation off")
-        ids, labels = ids[:max_length], labels[:max_length]
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+__all__ = ["IGNORE_INDEX", "SOURCE_ROW", "TooLongError", "assistant_header_ids", "assistant_spans", "chat_segments",
+           "finish_row", "render_prompt", "tokenize_chat", "tokenize_completion", "tokenize_prompt_completion",
+           "tokenize_row", "TokenizeReport", "tokenize_dataset", "label_table", "show_labels", "learned_text",
+           "LABEL_BUGS", "with_label_bug", "label_bug", "pad_token_note", "pad_batch", "ChatCollator", "to_rows"]
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -184,21 +54,30 @@ def tokenize_dataset(dataset, tokenizer, max_length: int | None = None, truncati
     answer was cut off entirely) would teach nothing, so it is dropped, and the report says so.
     """
 
+    dataset = as_dataset(dataset, tokenizer=tokenizer)  # a list, DataFrame or file is validated into a Dataset first
+
     def encode(batch: dict, indices: list[int]) -> dict:
         out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "num_tokens": [], SOURCE_ROW: []}
         for i, index in enumerate(indices):
             row = {key: values[i] for key, values in batch.items()}
             row = {key: value for key, value in row.items() if value is not None}  # Arrow fills absent fields
             index = row.pop(SOURCE_ROW, index)
-            encoded = tokenize_row(row, tokenizer)
+            try:
+                encoded = tokenize_row(row, tokenizer)
+            except Exception as error:  # name the learner's row, not a position in a map batch
+                raise ValueError(f"row {index}: the tokenizer failed ({type(error).__name__}: {error}); "
+                                 "validate the rows first (validate.validate_rows) to drop or fix it") from error
             out["num_tokens"].append(len(encoded["input_ids"]))
-            encoded = _finish(encoded["input_ids"], encoded["labels"], max_length, truncation)
+            encoded = finish_row(encoded["input_ids"], encoded["labels"], max_length, truncation)
             for key in ("input_ids", "attention_mask", "labels"):
                 out[key].append(encoded[key])
             out[SOURCE_ROW].append(index)
         return out
 
     drop = [c for c in dataset.column_names if not keep_columns or c == SOURCE_ROW]
+    if len(dataset) == 0:  # map() on no rows makes no columns; an empty split keeps the columns of a full one
+        empty = {"input_ids": [], "attention_mask": [], "labels": [], "num_tokens": [], SOURCE_ROW: []}
+        return Dataset.from_dict(empty, features=_token_features()), TokenizeReport(rows=0, max_length=max_length)
     try:
         encoded = dataset.map(encode, batched=True, with_indices=True, remove_columns=drop)
     except TooLongError as error:
@@ -213,6 +92,12 @@ def tokenize_dataset(dataset, tokenizer, max_length: int | None = None, truncati
         encoded = encoded.filter(lambda batch: [any(l != IGNORE_INDEX for l in labels) for labels in batch["labels"]],
                                  batched=True)
     return encoded, report
+
+
+def _token_features() -> Features:
+    ints = List(Value("int64"))
+    return Features({"input_ids": ints, "attention_mask": ints, "labels": ints, "num_tokens": Value("int64"),
+                     SOURCE_ROW: Value("int64")})
 
 
 # ---------------------------------------------------------------------------------------------------- inspection
@@ -280,7 +165,7 @@ def with_label_bug(messages: Sequence[Mapping], tokenizer, bug: str, variant: in
         for start, _ in spans:
             labels[start - header : start] = ids[start - header : start]
     elif bug == "prompt_learned" and variant == 2:
-        system_end = len(_render_ids(tokenizer, list(messages)[:1], add_generation_prompt=False))
+        system_end = len(render_ids(tokenizer, list(messages)[:1], add_generation_prompt=False))
         if messages[0]["role"] != "system":
             raise ValueError("variant 2 needs a chat that starts with a system message")
         labels = [IGNORE_INDEX] * system_end + ids[system_end:]
@@ -294,7 +179,7 @@ def with_label_bug(messages: Sequence[Mapping], tokenizer, bug: str, variant: in
         for start, _ in spans:
             labels[start] = IGNORE_INDEX
     elif bug == "end_masked" and variant == 0:
-        end_id = _eos_id(tokenizer)
+        end_id = eos_id(tokenizer)
         labels = [IGNORE_INDEX if token == end_id else label for token, label in zip(ids, right)]
     elif bug == "shifted" and variant == 0:
         labels = right[1:] + [IGNORE_INDEX]
@@ -314,7 +199,7 @@ def label_bug(messages: Sequence[Mapping], row: Mapping, tokenizer) -> str:
     ids, labels = list(row["input_ids"]), list(row["labels"])
     if ids != list(right["input_ids"]) or len(labels) != len(ids):
         raise ValueError("the row is not this chat rendered by the tokenizer's chat template")
-    expected, end_id = right["labels"], _eos_id(tokenizer)
+    expected, end_id = right["labels"], eos_id(tokenizer)
     learned = [t for t, label in enumerate(labels) if label != IGNORE_INDEX]
     if any(labels[t] != ids[t] for t in learned) and all(t + 1 < len(ids) and labels[t] == ids[t + 1] for t in learned):
         return "shifted"

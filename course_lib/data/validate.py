@@ -1,25 +1,32 @@
 """Reject bad rows with an error naming the row and the field; drop nothing silently.
 
-`validate_row` raises a RowError for the first problem of one row. `validate_rows` (Python rows) and
-`validate_dataset` (a `datasets.Dataset`, batched map + filter) either raise on the first bad row or
-drop the bad rows and return a DropSummary that says which rows went and why.
+Validation is the one gate: a row that passes `validate_row` tokenizes, masks, packs and splits, because
+validation maps the learner's schema to a library format (course_lib.data.schemas), checks every field, and
+then tokenizes the row once with the tokenizer it will train with. `validate_rows` reads any source (a list,
+a file, a DataFrame, a Dataset or DatasetDict) and either raises on the first bad row or drops the bad rows and
+returns a DropSummary that says which rows went and why.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
-from course_lib.data.formats import FORMAT_FIELDS, ROLES
-from course_lib.data.tokenize import tokenize_row
+from datasets import Dataset
 
-if TYPE_CHECKING:
-    from datasets import Dataset
+from course_lib.core.models import load_tokenizer
+from course_lib.data.encode import SOURCE_ROW, tokenize_row
+from course_lib.data.formats import FORMAT_FIELDS, ROLES, strip_eos
+from course_lib.data.schemas import Canonical, SchemaError, canonical_row
+from course_lib.data.sources import UnreadableRow, load_rows
 
 # Short names for the kinds of problem; a DropSummary counts rows by these.
 KINDS = {
     "not_a_row": "the row is not a JSON object",
+    "unreadable": "the file holds a line or record that could not be parsed",
     "format": "the fields do not match one format",
     "missing": "a required field is missing or null",
     "empty": "a text field is empty",
@@ -29,35 +36,91 @@ KINDS = {
     "last_turn": "the chat does not end with an assistant turn",
     "content": "a message's content is not text",
     "unknown_key": "a message has a key other than role and content (it would be ignored)",
+    "encoding": "the text is not valid Unicode (a lone surrogate)",
     "special_token": "the text contains a special token of the tokenizer",
+    "tokenize": "the tokenizer or chat template fails on the row",
     "too_long": "the row is longer than max_length and truncation is off",
 }
+# What to do about each kind, where the reason itself does not already say it.
+HINTS = {
+    "not_a_row": 'make each row an object, e.g. {"text": "..."}',
+    "unreadable": "fix that line; the other rows are read",
+    "format": "keep to one schema per row",
+    "missing": "add it, or remove the row",
+    "empty": "write the text, or remove the row",
+    "type": "give it the type named, or remove the row",
+    "role": "use system, user or assistant (in ShareGPT: system, human or gpt)",
+    "order": "put an optional system turn first and a user turn before each assistant turn",
+    "last_turn": "end the chat with the assistant's reply, or remove the last turn",
+    "content": "give the content as text",
+    "tokenize": "simplify the row, or leave it out: this model's chat template cannot render it",
+    "too_long": "shorten it, raise max_length, or turn truncation on",
+}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ANSWER_FIELDS = ("text", "output", "completion")  # plain text the library ends with one EOS itself
 
 
 class RowError(ValueError):
-    """One bad row: `row` (its index), `field` (e.g. 'messages[2].role') and `kind` (a key of KINDS)."""
+    """One bad row: `row` (its index), `field` (e.g. 'messages[2].role'), `kind` (a key of KINDS), `origin` (file line)."""
 
-    def __init__(self, row: int | None, field: str | None, reason: str, kind: str = "type"):
-        self.row, self.field, self.reason, self.kind = row, field, reason, kind
+    def __init__(self, row: int | None, field: str | None, reason: str, kind: str = "type", origin: str | None = None):
+        self.row, self.field, self.reason, self.kind, self.origin = row, field, reason, kind, origin
         where = "row ?" if row is None else f"row {row}"
+        if origin:
+            where += f" ({origin})"
         if field:
             where += f", field {field!r}"
-        super().__init__(f"{where}: {reason}")
+        hint = HINTS.get(kind, "")
+        super().__init__(f"{where}: {reason}" + (f" ({hint})" if hint and hint not in reason else ""))
 
     def __reduce__(self):  # keep the attributes through pickling (datasets' multiprocessing, nbgrader)
-        return (RowError, (self.row, self.field, self.reason, self.kind))
+        return (RowError, (self.row, self.field, self.reason, self.kind, self.origin))
+
+
+@functools.lru_cache(maxsize=1)
+def default_tokenizer():
+    """The course model's tokenizer: what rows are checked against when no tokenizer is given."""
+    return load_tokenizer()
 
 
 def validate_row(row, index: int | None = None, fmt: str | None = None, tokenizer=None,
                  max_length: int | None = None, truncation: bool = True) -> str:
     """Check one row and return its format; raise RowError naming the row and field of the first problem.
 
-    `fmt` pins the format a dataset must have; without it the row's fields decide. With a tokenizer,
-    text holding one of its special tokens is rejected (it would break the template and the mask),
-    and with max_length and truncation off, rows longer than max_length are rejected.
+    `fmt` pins the format a dataset must have; without it the row's fields decide. `tokenizer` is the one the
+    rows will train with (None: the course model's): text holding one of its special or control tokens is
+    rejected, the row must tokenize, and with max_length and truncation off it must fit in max_length.
     """
+    return clean_row(row, index, fmt, tokenizer, max_length, truncation).format
+
+
+def clean_row(row, index: int | None = None, fmt: str | None = None, tokenizer=None, max_length: int | None = None,
+              truncation: bool = True, check_tokens: bool = True) -> Canonical:
+    """`validate_row`, returning the row in its library format (Canonical.row) with the fields it left out."""
+    if isinstance(row, UnreadableRow):
+        raise RowError(index, None, row.reason, "unreadable")
     if not isinstance(row, Mapping):
         raise RowError(index, None, f"expected a JSON object, got {type(row).__name__}", "not_a_row")
+    try:
+        canonical = canonical_row(row)
+    except SchemaError as error:
+        if fmt is not None and error.kind == "missing" and error.field is None:
+            _detect(row, index, fmt)  # names the field the pinned format needs
+        raise RowError(index, error.field, error.reason, error.kind) from None
+    try:
+        found = _check(canonical.row, index, fmt)
+        if check_tokens:
+            tokenizer = default_tokenizer() if tokenizer is None else tokenizer
+            _no_special_tokens(canonical.row, found, index, tokenizer)
+            _tokenizes(canonical.row, found, index, tokenizer, max_length, truncation)
+    except RowError as error:  # name the learner's field, e.g. conversations[2].from rather than messages[2].role
+        name = canonical.rename(error.field) if error.field else None
+        raise RowError(index, name, error.reason, error.kind) from None
+    canonical.format = found
+    return canonical
+
+
+def _check(row: Mapping, index: int | None, fmt: str | None) -> str:
     found = _detect(row, index, fmt)
     if found == "completion":
         _text(row, "text", index)
@@ -66,12 +129,17 @@ def validate_row(row, index: int | None = None, fmt: str | None = None, tokenize
         _text(row, "output", index)
         if row.get("input") is not None and not isinstance(row["input"], str):
             raise RowError(index, "input", f"must be text (or absent), got {type(row['input']).__name__}", "type")
+    elif found == "prompt_completion":
+        _text(row, "prompt", index)
+        _text(row, "completion", index)
     else:
         _chat(row.get("messages"), index)
-    if tokenizer is not None:
-        _no_special_tokens(row, found, index, tokenizer)
-        if max_length is not None and not truncation:
-            _fits(row, found, index, tokenizer, max_length)
+    for where, text in _texts(row, found):
+        bad = _SURROGATE.search(text)
+        if bad:
+            raise RowError(index, where, f"holds a lone surrogate (U+{ord(bad.group()):04X}) at character {bad.start()}: "
+                           "the text is not valid Unicode (often half of an emoji cut by an export); remove or fix "
+                           "that character", "encoding")
     return found
 
 
@@ -84,11 +152,10 @@ def _detect(row: Mapping, index: int | None, fmt: str | None) -> str:
         if others:
             extra = [f for f in FORMAT_FIELDS[others[0]] if row.get(f) is not None][0]
             raise RowError(index, extra, f"belongs to the {others[0]} format, but this dataset is {fmt}", "format")
-        required = {"completion": "text", "instruction": "instruction", "chat": "messages"}[fmt]
-        if row.get(required) is None:
-            raise RowError(index, required, f"is missing (a {fmt} row needs it)", "missing")
-        if fmt == "instruction" and row.get("output") is None:
-            raise RowError(index, "output", "is missing (an instruction row needs it)", "missing")
+        for required in {"completion": ("text",), "instruction": ("instruction", "output"), "chat": ("messages",),
+                         "prompt_completion": ("prompt", "completion")}[fmt]:
+            if row.get(required) is None:
+                raise RowError(index, required, f"is missing (a {fmt} row needs it)", "missing")
         return fmt
     if len(present) > 1:
         raise RowError(index, None, f"mixes the fields of the {' and '.join(present)} formats", "format")
@@ -158,20 +225,38 @@ def _texts(row: Mapping, fmt: str) -> list[tuple[str, str]]:
     return [(name, row[name]) for name in FORMAT_FIELDS[fmt] if isinstance(row.get(name), str)]
 
 
+@functools.lru_cache(maxsize=8)
+def control_tokens(tokenizer) -> tuple[str, ...]:
+    """Every special or added control token of a tokenizer (longest first): text holding one is not plain text."""
+    tokens = set(tokenizer.all_special_tokens)
+    for added in tokenizer.added_tokens_decoder.values():
+        # added tokens marked special, and markup-shaped ones (<think>, [INST]) a template may use without the flag
+        if added.special or re.fullmatch(r"<[^<>\s]+>|\[[A-Z_/]+\]", added.content):
+            tokens.add(added.content)
+    return tuple(sorted((t for t in tokens if t), key=len, reverse=True))
+
+
 def _no_special_tokens(row: Mapping, fmt: str, index: int | None, tokenizer) -> None:
-    specials = [t for t in tokenizer.all_special_tokens if t]
+    specials = control_tokens(tokenizer)
     for where, text in _texts(row, fmt):
+        if where in _ANSWER_FIELDS:  # one EOS at the end of plain text is kept (exactly one), not refused
+            text = strip_eos(text, tokenizer.eos_token)
         for token in specials:
             if token in text:
                 raise RowError(index, where, f"contains the special token {token!r}, which would be read as "
-                               "template structure, not text", "special_token")
+                               "template structure, not text; remove it (the library adds the tokens a row needs)",
+                               "special_token")
 
 
-def _fits(row: Mapping, fmt: str, index: int | None, tokenizer, max_length: int) -> None:
-
-    n = len(tokenize_row(row, tokenizer)["input_ids"])
-    if n > max_length:
-        main = {"completion": "text", "instruction": "output", "chat": "messages"}[fmt]
+def _tokenizes(row: Mapping, fmt: str, index: int | None, tokenizer, max_length: int | None, truncation: bool) -> None:
+    """Tokenize the row as training will: whatever passes validation must not fail later."""
+    main = {"completion": "text", "instruction": "output", "chat": "messages", "prompt_completion": "completion"}[fmt]
+    try:
+        n = len(tokenize_row(row, tokenizer)["input_ids"])
+    except Exception as error:  # noqa: BLE001 - any failure of the tokenizer or template is this row's problem
+        raise RowError(index, main, f"the tokenizer or chat template fails on this row ({type(error).__name__}: "
+                       f"{error})", "tokenize") from None
+    if max_length is not None and not truncation and n > max_length:
         raise RowError(index, main, f"the row is {n} tokens, longer than max_length={max_length}, "
                        "and truncation is off", "too_long")
 
@@ -186,6 +271,8 @@ class DropSummary:
     total: int = 0
     drops: list[RowError] = field(default_factory=list)
     stage: str = "validation"
+    ignored: dict[str, int] = field(default_factory=dict)  # field no schema uses -> rows that have it
+    schemas: dict[str, int] = field(default_factory=dict)  # schema -> kept rows
 
     @property
     def kept(self) -> int:
@@ -199,11 +286,20 @@ class DropSummary:
         """The indices of the dropped rows."""
         return [error.row for error in self.drops]
 
+    def first_rows(self, kind: str, n: int = 5) -> list[int | None]:
+        """The first `n` dropped rows of one kind."""
+        return [error.row for error in self.drops if error.kind == kind][:n]
+
     def __str__(self) -> str:
         lines = [f"{self.stage}: kept {self.kept} of {self.total} rows, dropped {len(self.drops)}"]
+        if self.schemas:
+            lines[0] += f" (kept rows by schema: {', '.join(f'{k} {v}' for k, v in self.schemas.items())})"
         for kind, n in self.counts().items():
             example = next(e for e in self.drops if e.kind == kind)
             lines.append(f"  {n:>4} × {kind:<13} {KINDS.get(kind, '')} (e.g. {example})")
+        if self.ignored:
+            shown = ", ".join(f"{name!r} ({n} rows)" for name, n in self.ignored.items())
+            lines.append(f"  fields no schema uses, left out of training: {shown}")
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer, cycle):  # IPython shows the table, not the dataclass repr
@@ -211,65 +307,88 @@ class DropSummary:
 
 
 def validate_rows(rows: Iterable, on_error: str = "raise", fmt: str | None = None, tokenizer=None,
-                  max_length: int | None = None, truncation: bool = True) -> tuple[list, DropSummary]:
-    """Validate Python rows: on_error='raise' stops at the first bad row, 'drop' keeps the good ones.
+                  max_length: int | None = None, truncation: bool = True) -> tuple[list[dict], DropSummary]:
+    """Validate rows from any source: on_error='raise' stops at the first bad row, 'drop' keeps the good ones.
 
-    Returns (good rows, DropSummary). Rows are numbered by their position in `rows`.
+    `rows` is a list of rows, a file path, a pandas DataFrame, a `datasets.Dataset` or `DatasetDict`
+    (course_lib.data.sources reads them). Returns (good rows in their library format, DropSummary); rows are
+    numbered by their position in the input, and a file's rows also name their line.
     """
     if on_error not in ("raise", "drop"):
         raise ValueError(f"on_error must be 'raise' or 'drop', not {on_error!r}")
+    loaded = load_rows(rows)
+    origins = [None if o == f"row {i}" else o for i, o in enumerate(loaded.origins)]
+    return validate_named(list(loaded), range(len(loaded)), origins, on_error, fmt, tokenizer, max_length, truncation)
+
+
+def validate_named(rows: Sequence, names: Iterable[int], origins: Sequence[str | None], on_error: str = "raise",
+                   fmt: str | None = None, tokenizer=None, max_length: int | None = None,
+                   truncation: bool = True) -> tuple[list[dict], DropSummary]:
+    """`validate_rows` for rows that carry their own numbers (`names`) and file lines (`origins`, None where none)."""
+    tokenizer = default_tokenizer() if tokenizer is None else tokenizer
     good, summary = [], DropSummary()
-    for index, row in enumerate(rows):
+    ignored: Counter = Counter()
+    schemas: Counter = Counter()
+    for row, name, origin in zip(rows, names, origins):
         summary.total += 1
         try:
-            validate_row(row, index, fmt=fmt, tokenizer=tokenizer, max_length=max_length, truncation=truncation)
+            canonical = clean_row(row, name, fmt, tokenizer, max_length, truncation)
         except RowError as error:
+            error = RowError(error.row, error.field, error.reason, error.kind, origin) if origin else error
             if on_error == "raise":
-                raise
+                raise error from None
             summary.drops.append(error)
             continue
-        good.append(row)
+        ignored.update(canonical.ignored)
+        schemas[canonical.schema] += 1
+        good.append(canonical.row)
+    summary.ignored, summary.schemas = dict(ignored.most_common()), dict(schemas.most_common())
     return good, summary
+
+
+def to_dataset(rows: Sequence[Mapping]) -> Dataset:
+    """A `datasets.Dataset` of validated rows, with every field any row has.
+
+    `Dataset.from_list` takes its columns from the first row only and silently drops fields the
+    first row lacks, so the columns are the union of all rows' fields (absent ones become None).
+    """
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    for name in columns:  # Arrow holds one type per column: name the field and row instead of a bare ArrowTypeError
+        seen: dict[str, int] = {}
+        for index, row in enumerate(rows):
+            if row.get(name) is not None:
+                seen.setdefault(type(row[name]).__name__, index)
+        if len(seen) > 1:
+            shown = ", ".join(f"{kind} (row {index})" for kind, index in seen.items())
+            raise ValueError(f"field {name!r} holds values of several types: {shown}; make them one type or drop it")
+    return Dataset.from_list([{name: row.get(name) for name in columns} for row in rows])
+
+
+def as_dataset(source, tokenizer=None) -> Dataset:
+    """A Dataset as it is; any other source (rows, a file, a DataFrame, a DatasetDict) validated into one.
+
+    Validation raises on the first bad row, naming it; the result's `source_row` column numbers the rows.
+    """
+    if isinstance(source, Dataset):
+        return source
+    good, _ = validate_rows(source, on_error="raise", tokenizer=tokenizer)
+    return to_dataset(good).add_column(SOURCE_ROW, list(range(len(good))))
 
 
 def validate_dataset(dataset, on_error: str = "raise", fmt: str | None = None, tokenizer=None,
                      max_length: int | None = None, truncation: bool = True) -> tuple[Dataset, DropSummary]:
-    """Validate a `datasets.Dataset` with a batched map, then drop bad rows with a batched filter.
+    """`validate_rows` for a `datasets.Dataset`: returns (Dataset of the good rows in their library format, DropSummary).
 
-    Returns (dataset of good rows, DropSummary); rows are named by their `source_row` column if there is
-    one, else by their index in the dataset.
+    Rows are named by their `source_row` column if there is one, else by their index in the dataset; the
+    result keeps that name in its `source_row` column.
     """
     if on_error not in ("raise", "drop"):
         raise ValueError(f"on_error must be 'raise' or 'drop', not {on_error!r}")
-    columns = dataset.column_names
-
-    def check(batch: dict, indices: Sequence[int]) -> dict:
-        errors = []
-        for i, index in enumerate(indices):
-            # Arrow gives every row every column, filling absent ones with None: compare like a JSON row would.
-            row = {key: batch[key][i] for key in columns if batch[key][i] is not None and key != "source_row"}
-            index = batch["source_row"][i] if "source_row" in columns else index
-            if isinstance(row.get("messages"), list):
-                row["messages"] = [_strip_none(m) for m in row["messages"]]
-            try:
-                validate_row(row, index, fmt=fmt, tokenizer=tokenizer, max_length=max_length, truncation=truncation)
-                errors.append("")
-            except RowError as error:
-                if on_error == "raise":
-                    raise
-                errors.append(f"{error.kind}\t{error.field or ''}\t{error.reason}")
-        return {"_error": errors}
-
-    checked = dataset.map(check, batched=True, with_indices=True)
-    summary = DropSummary(total=len(checked))
-    names = checked["source_row"] if "source_row" in columns else range(len(checked))
-    for index, text in zip(names, checked["_error"]):
-        if text:
-            kind, where, reason = text.split("\t", 2)
-            summary.drops.append(RowError(index, where or None, reason, kind))
-    kept = checked.filter(lambda batch: [not e for e in batch["_error"]], batched=True).remove_columns("_error")
-    return kept, summary
-
-
-def _strip_none(message):
-    return {k: v for k, v in message.items() if v is not None} if isinstance(message, Mapping) else message
+    rows = load_rows(dataset)
+    names = [row.pop(SOURCE_ROW, i) if isinstance(row, dict) else i for i, row in enumerate(rows)]
+    origins = [None] * len(rows)
+    good, summary = validate_named(rows, names, origins, on_error, fmt, tokenizer, max_length, truncation)
+    dropped = set(summary.rows())
+    return to_dataset(good).add_column(SOURCE_ROW, [n for n in names if n not in dropped]), summary

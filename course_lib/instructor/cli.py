@@ -31,10 +31,13 @@ from course_lib.core.models import (
     cache_dir,
     describe_source,
     load_causal_lm,
+    load_tokenizer,
     package_dir,
     resolve,
 )
 from course_lib.core.runtime import detect_device, get_profile, in_colab, quiet
+from course_lib.data.check import check_data
+from course_lib.data.sources import FILE_FORMATS, FileFormatError
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.grading import CELL_TIMEOUT_S, leaked_markers, notebook_json, release
 from course_lib.instructor.sandbox import Limits, layers
@@ -231,6 +234,20 @@ def grade_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_check_command(args: argparse.Namespace) -> int:
+    """Check a data file: what would be kept, what dropped and why, token lengths; non-zero when nothing is usable."""
+    try:
+        tokenizer = load_tokenizer(args.model)
+        result = check_data(args.file, tokenizer, file_format=args.format, encoding=args.encoding,
+                            max_length=args.max_length)
+    except (FileFormatError, FileNotFoundError, ValueError, ModelNotAvailable) as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        return 2
+    for line in result.lines():
+        console.print(line, markup=False, highlight=False)
+    return 0 if result.usable else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `course` console command."""
     parser = argparse.ArgumentParser(prog="course", description=__doc__)
@@ -260,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--solutions", default=str(REPO / "solutions"))
         p.add_argument("--notebooks", default=str(REPO / "notebooks"))
         p.set_defaults(func=func)
+    data = sub.add_parser("data", help="check your own data").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("check", help=data_check_command.__doc__)
+    p.add_argument("file", help="a .jsonl, .json, .csv, .tsv or .parquet file")
+    p.add_argument("--format", default="auto", choices=FILE_FORMATS, help="the file's format (default: by its suffix)")
+    p.add_argument("--model", default="default", help="the model whose tokenizer the rows are checked against")
+    p.add_argument("--encoding", default=None, help="the file's text encoding (default: UTF-8, with or without BOM)")
+    p.add_argument("--max-length", type=int, default=256, help="tokens a row may have before truncation")
+    p.set_defaults(func=data_check_command)
     args = parser.parse_args(argv)
     return args.func(args)
 

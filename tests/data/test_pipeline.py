@@ -21,7 +21,7 @@ def test_jsonl_round_trip_and_blank_lines(tmp_path):
 def test_invalid_json_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "a"}\n\n{"text": "b"\n', encoding="utf-8")
-    with pytest.raises(pipeline.FileFormatError, match="bad.jsonl, line 3"):
+    with pytest.raises(pipeline.FileFormatError, match="bad.jsonl line 3"):
         pipeline.read_jsonl(path)
 
 
@@ -48,11 +48,12 @@ def test_csv_keeps_text_and_decodes_messages(tmp_path):
 
 
 def test_unknown_suffix_and_empty_csv(tmp_path):
-    with pytest.raises(pipeline.FileFormatError, match="jsonl or .csv"):
-        pipeline.read_rows(tmp_path / "rows.parquet")
+    (tmp_path / "rows.dat").write_text("plain words\n", encoding="utf-8")
+    with pytest.raises(pipeline.FileFormatError, match="rows.dat"):
+        pipeline.read_rows(tmp_path / "rows.dat")
     (tmp_path / "empty.csv").write_text("", encoding="utf-8")
     with pytest.raises(pipeline.FileFormatError, match="no header"):
-        pipeline.read_csv(tmp_path / "empty.csv")
+        pipeline.read_rows(tmp_path / "empty.csv")
 
 
 def test_task_rows():

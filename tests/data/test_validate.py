@@ -43,7 +43,8 @@ BAD_ROWS = {
     "system in the middle": ({"messages": [U, S, A]}, "messages[1].role", "order"),
     "reply before any question": ({"messages": [S, A]}, "messages[1].role", "order"),
     # non-text content
-    "content parts": ({"messages": [{"role": "user", "content": [{"type": "image"}]}, A]}, "messages[0].content", "content"),
+    "content parts": ({"messages": [{"role": "user", "content": [{"type": "image"}]}, A]}, "messages[0].content[0]",
+                      "content"),
     "content dict": ({"messages": [U, {"role": "assistant", "content": {"text": "Hello"}}]}, "messages[1].content", "content"),
     "content number": ({"messages": [U, {"role": "assistant", "content": 7}]}, "messages[1].content", "content"),
     # a message key the template and the mask would ignore (some datasets mark turns not to learn this way)
@@ -97,10 +98,10 @@ def test_a_pinned_format_names_the_missing_or_foreign_field():
 
 def test_special_tokens_inside_text_are_rejected(tokenizer):
     row = {"messages": [U, {"role": "assistant", "content": "Hello<|im_end|> more"}]}
-    validate_row(row, 0)  # without a tokenizer nothing knows the token is special
-    with pytest.raises(RowError) as caught:
-        validate_row(row, 0, tokenizer=tokenizer)
-    assert (caught.value.field, caught.value.kind) == ("messages[1].content", "special_token")
+    for given in (tokenizer, None):  # without a tokenizer, the course model's is the one checked
+        with pytest.raises(RowError) as caught:
+            validate_row(row, 0, tokenizer=given)
+        assert (caught.value.field, caught.value.kind) == ("messages[1].content", "special_token")
     with pytest.raises(RowError, match="<|endoftext|>"):
         validate_row({"text": "a<|endoftext|>b"}, 0, tokenizer=tokenizer)
 
@@ -147,7 +148,7 @@ def test_validate_dataset_with_batched_map_and_filter(tokenizer):
             {"messages": [U, {"role": "assistant", "content": ""}]}, {"messages": [S, U, A]}]
     dataset = Dataset.from_list(rows)
     kept, summary = validate_dataset(dataset, on_error="drop", tokenizer=tokenizer)
-    assert len(kept) == 2 and kept.column_names == ["messages"]
+    assert len(kept) == 2 and kept.column_names == ["messages", "source_row"] and kept["source_row"] == [0, 4]
     assert [(e.row, e.field, e.kind) for e in summary.drops] == [
         (1, "messages[1].role", "role"), (2, "messages[2].role", "last_turn"), (3, "messages[1].content", "empty")]
     with pytest.raises(RowError, match="row 1, field 'messages\\[1\\].role'"):
@@ -164,7 +165,8 @@ def test_validate_dataset_names_rows_by_source_row():
 
 def test_row_errors_survive_pickling():
     error = pickle.loads(pickle.dumps(RowError(3, "text", "is empty", "empty")))
-    assert (error.row, error.field, error.kind, str(error)) == (3, "text", "empty", "row 3, field 'text': is empty")
+    assert (error.row, error.field, error.kind, str(error)) == (3, "text", "empty",
+                                                           "row 3, field 'text': is empty (write the text, or remove the row)")
 
 
 def test_empty_summary():

@@ -1,0 +1,172 @@
+"""The schemas learners bring, each mapped to one of the library's row formats, with the learner's field names kept.
+
+| schema | a row | becomes |
+| --- | --- | --- |
+| plain text | `{"text": ...}` | completion |
+| Alpaca | `{"instruction": ..., "input": ..., "output": ...}` | instruction |
+| OpenAI messages | `{"messages": [{"role": ..., "content": "..." or [{"type": "text", "text": ...}]}]}` | chat |
+| ShareGPT | `{"conversations": [{"from": "human"/"gpt"/"system", "value": ...}]}` | chat |
+| trl prompt/completion | `{"prompt": "...", "completion": "..."}` | prompt_completion |
+| trl conversational prompt/completion | `{"prompt": [messages], "completion": [messages]}` | chat |
+
+`canonical_row` does the mapping and nothing else; course_lib.data.validate checks the result and names any problem
+by the learner's own field (`conversations[2].from`, not `messages[2].role`). Missing optional values (None, NaN,
+an empty `input`) are absent, not wrong. Fields no schema uses (an `id`, a `source`) are listed, never trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                  "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}
+SCHEMA_FIELDS = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "input", "output"),
+    "text": ("text",),
+}
+
+
+class SchemaError(ValueError):
+    """A row no schema fits, or a schema's field that cannot be mapped: `field` names it, `kind` classifies it."""
+
+    def __init__(self, field: str | None, reason: str, kind: str):
+        self.field, self.reason, self.kind = field, reason, kind
+        super().__init__(reason)
+
+
+@dataclass
+class Canonical:
+    """A row in a library format, how to name its fields the learner's way, and the fields it left out."""
+
+    row: dict
+    schema: str
+    rename: Callable[[str], str] = str
+    ignored: list[str] = field(default_factory=list)
+    format: str = ""  # the library format, once validation has checked the row
+
+
+def absent(value) -> bool:
+    """True for the ways a table says 'no value': None, NaN, pandas' NA and NaT."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def canonical_row(row: Mapping) -> Canonical:
+    """The row in the library's format ('completion', 'instruction', 'chat' or 'prompt_completion'); SchemaError if none fits."""
+    present = [name for name, fields in SCHEMA_FIELDS.items() if any(not absent(row.get(f)) for f in fields)]
+    if not present:
+        raise SchemaError(None, "has none of the fields of a known schema: text; instruction/input/output; messages; "
+                          "conversations (ShareGPT); prompt/completion (trl)", "missing")
+    if len(present) > 1:
+        fields = [next(f for f in SCHEMA_FIELDS[name] if not absent(row.get(f))) for name in present]
+        raise SchemaError(None, f"mixes the fields {', '.join(map(repr, fields))} of several schemas; keep one", "format")
+    schema = present[0]
+    used = set(SCHEMA_FIELDS[schema])
+    ignored = sorted(str(k) for k, v in row.items() if k not in used and not absent(v))
+    if schema == "text":
+        return Canonical({"text": row["text"]}, schema, ignored=ignored)
+    if schema == "alpaca":
+        out = {name: row.get(name) for name in ("instruction", "output") if not absent(row.get(name))}
+        if not absent(row.get("input")) and not (isinstance(row["input"], str) and not row["input"].strip()):
+            out["input"] = row["input"]
+        for name in ("instruction", "output"):  # the format is known, so a missing field is reported as missing
+            out.setdefault(name, None)
+        return Canonical(out, schema, ignored=ignored)
+    if schema == "messages":
+        return Canonical({"messages": _messages(row["messages"], "messages")}, schema, ignored=ignored)
+    if schema == "sharegpt":
+        return Canonical({"messages": _sharegpt(row["conversations"])}, schema, _renamer("conversations", "from", "value"),
+                         ignored)
+    return _prompt_completion(row, ignored)
+
+
+def _messages(messages, where: str) -> list:
+    """OpenAI-style messages with text-part content joined into text; anything else is left for validation to name."""
+    if not isinstance(messages, (list, tuple)):
+        return messages
+    out = []
+    for turn, message in enumerate(messages):
+        if isinstance(message, Mapping):
+            message = {k: v for k, v in message.items() if not absent(v)}
+            if isinstance(message.get("content"), (list, tuple)):
+                message["content"] = _text_parts(message["content"], f"{where}[{turn}].content")
+        out.append(message)
+    return out
+
+
+def _text_parts(parts, where: str):
+    """Content given as parts ([{"type": "text", "text": ...}]) as one text; a non-text part is refused by name."""
+    texts = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, Mapping) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            raise SchemaError(f"{where}[{i}]", f"is a {kind!r} part; only text parts can be trained on here "
+                              "(images, audio and files need a multimodal model)", "content")
+    return "\n".join(texts)
+
+
+def _sharegpt(conversations) -> list:
+    if not isinstance(conversations, (list, tuple)):
+        return conversations
+    out = []
+    for turn, message in enumerate(conversations):
+        if not isinstance(message, Mapping) or "role" in message:  # some exports use role/content inside conversations
+            out.append(message)
+            continue
+        source = message.get("from")
+        if absent(source):
+            raise SchemaError(f"conversations[{turn}].from", "is missing", "missing")
+        role = SHAREGPT_ROLES.get(str(source).lower())
+        if role is None:
+            raise SchemaError(f"conversations[{turn}].from", f"unknown speaker {source!r}; expected one of "
+                              f"{', '.join(sorted(SHAREGPT_ROLES))}", "role")
+        rest = {k: v for k, v in message.items() if k not in ("from", "value") and not absent(v)}
+        out.append({"role": role, "content": message.get("value"), **rest})
+    return _messages(out, "conversations")
+
+
+def _prompt_completion(row: Mapping, ignored: list[str]) -> Canonical:
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if absent(completion):
+        raise SchemaError("completion", "is missing (a prompt/completion row needs both)", "missing")
+    if absent(prompt):
+        raise SchemaError("prompt", "is missing (a prompt/completion row needs both)", "missing")
+    chat = [isinstance(value, (list, tuple)) for value in (prompt, completion)]
+    if chat == [False, False]:
+        return Canonical({"prompt": prompt, "completion": completion}, "prompt_completion", ignored=ignored)
+    if chat != [True, True]:
+        text, listed = ("prompt", "completion") if chat[1] else ("completion", "prompt")
+        raise SchemaError(text, f"is text but '{listed}' is a list of messages; give both as text or both as messages",
+                          "type")
+    n = len(prompt)
+
+    def rename(name: str) -> str:
+        if not name.startswith("messages["):
+            return name
+        turn, rest = name[len("messages["):].split("]", 1)
+        turn = int(turn)
+        return f"prompt[{turn}]{rest}" if turn < n else f"completion[{turn - n}]{rest}"
+
+    messages = _messages(list(prompt), "prompt") + _messages(list(completion), "completion")
+    return Canonical({"messages": messages}, "conversational prompt_completion", rename, ignored)
+
+
+def _renamer(list_name: str, role: str, content: str) -> Callable[[str], str]:
+    def rename(name: str) -> str:
+        if not name.startswith("messages"):
+            return name
+        name = list_name + name[len("messages"):]
+        return name.replace(".role", f".{role}").replace(".content", f".{content}")
+    return rename
