@@ -85,7 +85,9 @@ class DataCheck:
                 lines.append(f"  {low:>6}-{high:<6} {'#' * math.ceil(30 * count / peak):<30} {count}")
         if self.split_problem:
             lines.append(f"split: {self.split_problem}")
-        if not self.usable:
+        if not v.total:
+            lines.append("the source holds no rows")
+        elif not self.usable:
             lines.append("nothing usable is left: fix the rows named above")
         return lines
 
@@ -120,8 +122,7 @@ def check_data(source, tokenizer=None, file_format: str = "auto", encoding: str 
     result = DataCheck(rows.name, summary, max_length=max_length, origins=origins)
     if not good:
         return result
-    bad = set(summary.rows())
-    dataset = to_dataset(good).add_column(SOURCE_ROW, [i for i in range(summary.total) if i not in bad])
+    dataset = to_dataset(good).add_column(SOURCE_ROW, summary.kept_rows)
     for mode in dedup:
         dataset, report = deduplicate_dataset(dataset, mode)
         result.dedup.append(report)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
-from course_lib.data.tokenize import IGNORE_INDEX
+from course_lib.data.tokenize import IGNORE_INDEX, SOURCE_ROW
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -136,12 +136,17 @@ def pack_dataset(dataset: Dataset, block_size: int, pad_token_id: int | None = N
                  batch_size: int = 1000) -> Dataset:
     """Pack a tokenized `datasets.Dataset` (input_ids, labels) with a batched map; packs within each map batch."""
 
-    def pack(batch: dict) -> dict:
+    def pack(batch: dict, indices: list[int]) -> dict:
+        names = batch.get(SOURCE_ROW, indices)  # the learner's row numbers, not positions in this map batch
+        for name, ids in zip(names, batch["input_ids"]):
+            if len(ids) > block_size:
+                raise ValueError(f"row {name} has {len(ids)} tokens, more than block_size={block_size}; "
+                                 "tokenize with max_length <= block_size")
         rows = [{"input_ids": ids, "labels": labels} for ids, labels in zip(batch["input_ids"], batch["labels"])]
         blocks = pack_sequences(rows, block_size, pad_token_id, strategy)
         return {key: [b[key] for b in blocks] for key in ("input_ids", "labels", "position_ids", "seq_lens")}
 
-    return dataset.map(pack, batched=True, batch_size=batch_size, remove_columns=dataset.column_names)
+    return dataset.map(pack, batched=True, with_indices=True, batch_size=batch_size, remove_columns=dataset.column_names)
 
 
 # ---------------------------------------------------------------------------------------------------- waste

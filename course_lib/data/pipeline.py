@@ -19,7 +19,8 @@ from datasets import DatasetDict
 from course_lib.core import tasks
 from course_lib.data.formats import task_row
 from course_lib.data.sources import FileFormatError, UnreadableRow, load_rows
-from course_lib.data.splits import assert_no_leakage, batch_rows, conflicts, deduplicate_dataset, split_dataset
+from course_lib.data.splits import (SplitTooSmallError, assert_no_leakage, batch_rows, conflicts, deduplicate_dataset,
+                                    split_dataset)
 from course_lib.data.tokenize import SOURCE_ROW, tokenize_dataset
 from course_lib.data.validate import DropSummary, as_dataset, to_dataset, validate_rows
 
@@ -93,9 +94,7 @@ def prepare(rows, tokenizer, max_length: int = 256, truncation: bool = True, fmt
                                   max_length=max_length, truncation=truncation)
     if not good:
         raise ValueError(f"no valid rows left:\n{summary}")
-    bad = set(summary.rows())
-    sources = [i for i in range(summary.total) if i not in bad]
-    dataset = to_dataset(good).add_column(SOURCE_ROW, sources)
+    dataset = to_dataset(good).add_column(SOURCE_ROW, summary.kept_rows)
     reports = []
     for mode in dedup:
         dataset, report = deduplicate_dataset(dataset, mode)
@@ -103,7 +102,12 @@ def prepare(rows, tokenizer, max_length: int = 256, truncation: bool = True, fmt
     kept_rows = batch_rows(dataset.to_dict())
     names = dataset[SOURCE_ROW]
     clashes = [[names[i] for i in group] for group in conflicts(kept_rows).values()]
-    splits = split_dataset(dataset, fractions, seed)
+    try:
+        splits = split_dataset(dataset, fractions, seed)
+    except SplitTooSmallError as error:
+        removed = summary.total - len(dataset)
+        raise SplitTooSmallError(f"{error} ({summary.total} rows given; validation and deduplication removed "
+                                 f"{removed}: see validate_rows / check_data)" if removed else str(error)) from None
     proof = assert_no_leakage({name: batch_rows(ds.to_dict()) if len(ds) else [] for name, ds in splits.items()})
     tokenized, token_reports = {}, {}
     for name, ds in splits.items():

@@ -59,18 +59,26 @@ def absent(value) -> bool:
     return type(value).__name__ in ("NAType", "NaTType")
 
 
+def blank(value) -> bool:
+    """Absent, or an empty text or list: what a table writes in the columns of another schema."""
+    return absent(value) or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, (list, tuple)) and not value)
+
+
 def canonical_row(row: Mapping) -> Canonical:
     """The row in the library's format ('completion', 'instruction', 'chat' or 'prompt_completion'); SchemaError if none fits."""
-    present = [name for name, fields in SCHEMA_FIELDS.items() if any(not absent(row.get(f)) for f in fields)]
+    present = [name for name, fields in SCHEMA_FIELDS.items() if any(not blank(row.get(f)) for f in fields)]
+    if not present:  # only empty values: the schema they belong to reports them as empty
+        present = [name for name, fields in SCHEMA_FIELDS.items() if any(not absent(row.get(f)) for f in fields)]
     if not present:
         raise SchemaError(None, "has none of the fields of a known schema: text; instruction/input/output; messages; "
                           "conversations (ShareGPT); prompt/completion (trl)", "missing")
     if len(present) > 1:
-        fields = [next(f for f in SCHEMA_FIELDS[name] if not absent(row.get(f))) for name in present]
+        fields = [next(f for f in SCHEMA_FIELDS[name] if not blank(row.get(f))) for name in present]
         raise SchemaError(None, f"mixes the fields {', '.join(map(repr, fields))} of several schemas; keep one", "format")
     schema = present[0]
     used = set(SCHEMA_FIELDS[schema])
-    ignored = sorted(str(k) for k, v in row.items() if k not in used and not absent(v))
+    ignored = sorted(str(k) for k, v in row.items() if k not in used and not blank(v))
     if schema == "text":
         return Canonical({"text": row["text"]}, schema, ignored=ignored)
     if schema == "alpaca":
@@ -83,8 +91,8 @@ def canonical_row(row: Mapping) -> Canonical:
     if schema == "messages":
         return Canonical({"messages": _messages(row["messages"], "messages")}, schema, ignored=ignored)
     if schema == "sharegpt":
-        return Canonical({"messages": _sharegpt(row["conversations"])}, schema, _renamer("conversations", "from", "value"),
-                         ignored)
+        messages, from_value = _sharegpt(row["conversations"])
+        return Canonical({"messages": messages}, schema, _renamer(from_value), ignored)
     return _prompt_completion(row, ignored)
 
 
@@ -94,8 +102,8 @@ def _messages(messages, where: str) -> list:
         return messages
     out = []
     for turn, message in enumerate(messages):
-        if isinstance(message, Mapping):
-            message = {k: v for k, v in message.items() if not absent(v)}
+        if isinstance(message, Mapping):  # keys a tool left empty ("name": "", "tool_calls": []) are not data
+            message = {k: v for k, v in message.items() if not (blank(v) if k not in ("role", "content") else absent(v))}
             if isinstance(message.get("content"), (list, tuple)):
                 message["content"] = _text_parts(message["content"], f"{where}[{turn}].content")
         out.append(message)
@@ -110,6 +118,8 @@ def _text_parts(parts, where: str):
             texts.append(part)
         elif isinstance(part, Mapping) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
+        elif isinstance(part, Mapping) and part.get("type", "text") == "text":
+            raise SchemaError(f"{where}[{i}].text", "is missing or not text (a text part needs its text)", "content")
         else:
             kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
             raise SchemaError(f"{where}[{i}]", f"is a {kind!r} part; only text parts can be trained on here "
@@ -117,24 +127,28 @@ def _text_parts(parts, where: str):
     return "\n".join(texts)
 
 
-def _sharegpt(conversations) -> list:
+def _sharegpt(conversations) -> tuple[list, set[int]]:
+    """The turns as messages, and which turns were written as from/value (their fields are named that way)."""
     if not isinstance(conversations, (list, tuple)):
-        return conversations
-    out = []
+        return conversations, set()
+    out, from_value = [], set()
     for turn, message in enumerate(conversations):
-        if not isinstance(message, Mapping) or "role" in message:  # some exports use role/content inside conversations
+        if not isinstance(message, Mapping):
             out.append(message)
             continue
-        source = message.get("from")
+        keys = ("from", "value") if "role" not in message else ("role", "content")  # some exports use role/content
+        if keys[0] == "from":
+            from_value.add(turn)
+        source = message.get(keys[0])
         if absent(source):
-            raise SchemaError(f"conversations[{turn}].from", "is missing", "missing")
+            raise SchemaError(f"conversations[{turn}].{keys[0]}", "is missing", "missing")
         role = SHAREGPT_ROLES.get(str(source).lower())
         if role is None:
-            raise SchemaError(f"conversations[{turn}].from", f"unknown speaker {source!r}; expected one of "
+            raise SchemaError(f"conversations[{turn}].{keys[0]}", f"unknown speaker {source!r}; expected one of "
                               f"{', '.join(sorted(SHAREGPT_ROLES))}", "role")
-        rest = {k: v for k, v in message.items() if k not in ("from", "value") and not absent(v)}
-        out.append({"role": role, "content": message.get("value"), **rest})
-    return _messages(out, "conversations")
+        rest = {k: v for k, v in message.items() if k not in keys and not blank(v)}
+        out.append({"role": role, "content": message.get(keys[1]), **rest})
+    return _messages(out, "conversations"), from_value
 
 
 def _prompt_completion(row: Mapping, ignored: list[str]) -> Canonical:
@@ -153,6 +167,8 @@ def _prompt_completion(row: Mapping, ignored: list[str]) -> Canonical:
     n = len(prompt)
 
     def rename(name: str) -> str:
+        if name == "messages":
+            return "prompt"
         if not name.startswith("messages["):
             return name
         turn, rest = name[len("messages["):].split("]", 1)
@@ -163,10 +179,13 @@ def _prompt_completion(row: Mapping, ignored: list[str]) -> Canonical:
     return Canonical({"messages": messages}, "conversational prompt_completion", rename, ignored)
 
 
-def _renamer(list_name: str, role: str, content: str) -> Callable[[str], str]:
+def _renamer(from_value: set[int]) -> Callable[[str], str]:
+    """Field names of ShareGPT turns: conversations[i].from/.value where the turn was written that way."""
     def rename(name: str) -> str:
         if not name.startswith("messages"):
             return name
-        name = list_name + name[len("messages"):]
-        return name.replace(".role", f".{role}").replace(".content", f".{content}")
+        name = "conversations" + name[len("messages"):]
+        if name.startswith("conversations[") and int(name[len("conversations["):].split("]", 1)[0]) in from_value:
+            name = name.replace(".role", ".from").replace(".content", ".value")
+        return name
     return rename

@@ -108,13 +108,22 @@ def _decode(data: bytes, name: str, encoding: str | None) -> str:
         codec, label, skip = encoding, encoding, 0
     else:
         codec, label, skip = next(((c, lab, len(bom)) for bom, c, lab in _BOMS if data.startswith(bom)),
-                                  ("utf-8", "UTF-8", 0))
+                                  _without_bom(data))
     try:
         text = data[skip:].decode(codec)
     except UnicodeDecodeError as error:
         raise FileFormatError(_decode_message(data, name, error, codec, label, skip, encoding)) from None
     # An explicit encoding='utf-8' (or 'utf-16-le') leaves the byte-order mark in the text; it is never content.
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def _without_bom(data: bytes) -> tuple[str, str, int]:
+    """UTF-16 saved without a byte-order mark is valid UTF-8 full of NUL bytes: tell it by where the NULs fall."""
+    head = data[:4096]
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    if len(head) >= 4 and max(even, odd) > 0.4 * len(head) / 2 and min(even, odd) < 0.05 * len(head) / 2:
+        return ("utf-16-le", "UTF-16", 0) if odd > even else ("utf-16-be", "UTF-16", 0)
+    return "utf-8", "UTF-8", 0
 
 
 def _decode_message(data: bytes, name: str, error: UnicodeDecodeError, codec: str, label: str, skip: int,
@@ -124,15 +133,21 @@ def _decode_message(data: bytes, name: str, error: UnicodeDecodeError, codec: st
     where = f"{name}, line {line}: byte 0x{data[position]:02X} is not {label}"
     if encoding is None and skip:
         return f"{where}, though the file starts with a {label} byte-order mark; save it again as UTF-8"
+    preview = ""
     guess = _guess_encoding(data, position)
     if guess is not None and codecs.lookup(guess).name == codecs.lookup(codec).name:
         guess = None
+    if guess is not None:
+        start = data.rfind(b"\n", 0, position) + 1
+        end = data.find(b"\n", position)
+        shown = data[start:end if end >= 0 else len(data)].decode(guess, errors="replace").strip()[:80]
+        preview = f" (read so, line {line} says {shown!r})"
     if encoding is None:
         if guess:
-            return f"{where} (the file looks like {guess}); save it as UTF-8, or pass encoding='{guess}'"
+            return f"{where} (the file looks like {guess}); save it as UTF-8, or pass encoding='{guess}'{preview}"
         return f"{where}; save it as UTF-8, or pass the encoding it was saved in, e.g. encoding='latin-1'"
     if guess:
-        return f"{where} (the file looks like {guess}); pass encoding='{guess}', or save it as UTF-8"
+        return f"{where} (the file looks like {guess}); pass encoding='{guess}'{preview}, or save it as UTF-8"
     return f"{where}; pass the encoding the file was saved in, or save it as UTF-8"
 
 
@@ -148,6 +163,15 @@ def _guess_encoding(data: bytes, position: int) -> str | None:
     best = from_bytes(data).best()
     if best is None or codecs.lookup(best.encoding).name in ("utf-8", "ascii"):
         return None
+    # Short Western text is often taken for a Mac or Central European code page; Windows-1252 (what Excel and
+    # Notepad write in Western Europe and the Americas) decodes it the same way or better, so offer that first.
+    western = ("mac", "cp125", "cp437", "cp850", "latin", "iso8859", "windows-125")
+    if best.encoding.replace("_", "").startswith(western):
+        try:
+            data.decode("cp1252")
+            return "cp1252"
+        except UnicodeDecodeError:
+            pass
     return best.encoding
 
 
@@ -207,7 +231,28 @@ def _jsonl_rows(text: str, name: str) -> LoadedRows:
             return _json_structure_rows(json.loads("\n".join(lines)), name)
         except json.JSONDecodeError:
             pass
-    return _jsonl_lines_rows(lines, name)
+    rows = _jsonl_lines_rows(lines, name)
+    if sum(isinstance(row, UnreadableRow) for row in rows) * 2 > len(rows):
+        # Most lines fail: objects written one after another with indent= (pretty-printed), not one per line.
+        return _json_stream_rows("\n".join(lines), name) or rows
+    return rows
+
+
+def _json_stream_rows(text: str, name: str) -> LoadedRows | None:
+    """Rows of JSON values written one after another (each may span lines), or None if the text is not that."""
+    decoder, rows, origins, position = json.JSONDecoder(), [], [], 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return LoadedRows(rows, origins, name) if rows else None
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return None
+        origins.append(f"{name} line {text.count(chr(10), 0, position) + 1}")
+        rows.append(value)
+        position = end
 
 
 def _jsonl_lines_rows(lines: list[str], name: str) -> LoadedRows:
@@ -269,9 +314,17 @@ def _json_structure_rows(value, name: str) -> LoadedRows:
         return LoadedRows(value, [f"{name} item {i}" for i in range(len(value))], name)
     if not isinstance(value, dict):
         raise FileFormatError(f"{name} holds a single {_json_kind(value)}: expected a list of rows")
-    if any(key in value for key in ROW_KEYS):
-        return LoadedRows([value], [f"{name} (the whole file)"], name)
     lists = [key for key, item in value.items() if isinstance(item, list) and any(isinstance(x, dict) for x in item)]
+    wrappers = [key for key in lists if key not in ROW_KEYS]  # {"text": "about", "data": [rows]} wraps its rows
+    if len(wrappers) == 1 and all(isinstance(x, dict) for x in value[wrappers[0]]):
+        key = wrappers[0]
+        return LoadedRows(value[key], [f"{name} {key}[{i}]" for i in range(len(value[key]))], name)
+    if any(key in value for key in ROW_KEYS) and not _pandas_columns(value):
+        return LoadedRows([value], [f"{name} (the whole file)"], name)
+    pandas_rows = _pandas_orient_rows(value)
+    if pandas_rows is not None:
+        labels, rows = pandas_rows
+        return LoadedRows(rows, [f"{name} row {label}" for label in labels], name)
     if not lists:
         empty = [key for key, item in value.items() if isinstance(item, list)]
         if len(empty) == 1:  # {"data": []}: no rows, which validation reports; not an unreadable file
@@ -283,6 +336,31 @@ def _json_structure_rows(value, name: str) -> LoadedRows:
     held = f"several lists of rows ({', '.join(map(repr, lists))})" if lists else "no list of rows"
     raise FileFormatError(f"{name} holds an object with the keys {keys} and {held}: expected a list of rows, "
                           "an object holding one list of rows (e.g. {\"data\": [...]}), or a single row")
+
+
+def _pandas_columns(value: dict) -> bool:
+    # DataFrame.to_json()'s default (orient="columns"): {column: {row label: cell}}, the same labels in every column
+    if not value or not all(isinstance(column, dict) for column in value.values()):
+        return False
+    if not any(key in value for key in ROW_KEYS):  # orient="index" looks the same, with the fields inside
+        return False
+    labels = [tuple(column) for column in value.values()]
+    return all(label == labels[0] for label in labels)
+
+
+def _pandas_orient_rows(value: dict) -> tuple[list, list] | None:
+    """Rows of the other shapes DataFrame.to_json writes (orient columns, index or split), else None."""
+    if _pandas_columns(value):
+        labels = list(next(iter(value.values())))
+        return labels, [{column: cells[label] for column, cells in value.items()} for label in labels]
+    if set(value) >= {"columns", "data"} and isinstance(value["data"], list):  # orient="split"
+        columns = value["columns"]
+        labels = value.get("index") or list(range(len(value["data"])))
+        return labels, [dict(zip(columns, cells)) for cells in value["data"]]
+    if value and all(isinstance(row, dict) for row in value.values()) and any(  # orient="index"
+            key in row for row in value.values() for key in ROW_KEYS):
+        return list(value), list(value.values())
+    return None
 
 
 def _json_kind(value) -> str:
@@ -302,7 +380,7 @@ def _sniff_delimiter(text: str) -> str:
 
 
 def _csv_rows(text: str, name: str, delimiter: str) -> LoadedRows:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     rows, origins = [], []
     limit = csv.field_size_limit(2**31 - 1)  # the default 128 KiB per cell is shorter than some documents
@@ -314,6 +392,9 @@ def _csv_rows(text: str, name: str, delimiter: str) -> LoadedRows:
             except StopIteration:
                 break
             except csv.Error as error:
+                if "unexpected end of data" in str(error):  # every line after the quote became one cell
+                    raise FileFormatError(f"{name}, line {line}: a quote opened in this record is never closed, so "
+                                          "the rest of the file would read as one cell; close or remove it") from None
                 if header is None:
                     raise FileFormatError(f"{name}, line {line}: not valid CSV ({error})") from None
                 rows.append(UnreadableRow(f"not valid CSV ({error})"))
@@ -352,11 +433,15 @@ def _csv_row(record: list[str], header: list[str]) -> dict | UnreadableRow:
     row = {column: (record[i] if i < len(record) and record[i] != "" else None) for i, column in enumerate(header)}
     for column in JSON_COLUMNS:
         cell = row.get(column)
-        if isinstance(cell, str) and cell.strip()[:1] in ("[", "{"):
+        if isinstance(cell, str) and cell.strip()[:1] == "[":
             try:
-                row[column] = json.loads(cell)
+                value = json.loads(cell)
             except json.JSONDecodeError:
-                pass  # stays a string, which validation reports as the wrong type
+                continue  # stays a string, which validation reports as the wrong type
+            # Only a list of turns is chat data; any other JSON in a prompt or completion cell is its text.
+            if column in ("messages", "conversations") or (
+                    isinstance(value, list) and value and all(isinstance(t, dict) and "role" in t for t in value)):
+                row[column] = value
     return row
 
 
@@ -380,7 +465,10 @@ def _python_rows(source: Iterable) -> LoadedRows:
     if isinstance(source, LoadedRows):
         return LoadedRows(source, source.origins, source.name)
     name = type(source).__name__
-    return LoadedRows(list(source), None, name)
+    rows = list(source)
+    if "numpy" in sys.modules:  # rows taken from a DataFrame or Dataset (to_dict("records")) hold numpy values
+        rows = [_plain_row(row) for row in rows]
+    return LoadedRows(rows, None, name)
 
 
 def _is_dataframe(source) -> bool:
@@ -390,7 +478,10 @@ def _is_dataframe(source) -> bool:
 
 def _dataframe_rows(frame) -> LoadedRows:
     rows = [_plain(row) for row in frame.to_dict("records")]
-    return LoadedRows(rows, [f"DataFrame row {i}" for i in range(len(rows))], "DataFrame")
+    labels = list(frame.index)
+    if labels == list(range(len(rows))):
+        return LoadedRows(rows, [f"DataFrame row {i}" for i in range(len(rows))], "DataFrame")
+    return LoadedRows(rows, [f"DataFrame index {label!r}" for label in labels], "DataFrame")
 
 
 def _datasets_rows(source) -> LoadedRows | None:
@@ -410,6 +501,22 @@ def _datasets_rows(source) -> LoadedRows | None:
             origins.extend(f"split '{split}' row {i}" for i in range(len(part_rows)))
         return LoadedRows(rows, origins, name)
     return None
+
+
+def _plain_row(row):
+    """A dict row with numpy and missing values made plain; the row itself when it has none."""
+    return _plain(row) if isinstance(row, dict) and _foreign(row) else row
+
+
+def _foreign(value) -> bool:
+    """True when a value holds anything _plain would change: numpy values, pandas' missing values, NaN."""
+    if isinstance(value, dict):
+        return any(_foreign(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_foreign(item) for item in value)
+    if isinstance(value, float):
+        return value != value
+    return value is not None and type(value).__module__ != "builtins"
 
 
 def _plain(value):

@@ -9,12 +9,13 @@ instruction row and the same example converted to a chat share them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import math
 import random
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 _SPACE = re.compile(r"\s+", re.UNICODE)
+_SCRIPTS = re.compile("([" + "".join(chr(c) for c in range(0x80, 0x10000)
+                                      if unicodedata.decomposition(chr(c)).startswith(("<super>", "<sub>"))) + "]+)")
 # What an editor or a copy-paste changes without changing the text: invisible characters and typographic quotes.
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad"))
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad\ufe0e\ufe0f"))  # and emoji/text variation selectors
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
                          "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"'})
 
@@ -39,7 +42,10 @@ def normalize_text(text: str) -> str:
 
     Operators, symbols, punctuation and emoji are kept: they change what a prompt asks.
     """
-    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE).translate(_QUOTES).casefold()
+    # NFKC, except that superscripts and subscripts keep their meaning: "5²" is not "52".
+    parts = _SCRIPTS.split(text)
+    text = "".join(part if i % 2 else unicodedata.normalize("NFKC", part) for i, part in enumerate(parts))
+    text = text.translate(_INVISIBLE).translate(_QUOTES).casefold()
     return _SPACE.sub(" ", text).strip()
 
 
@@ -198,19 +204,42 @@ class SplitTooSmallError(ValueError):
 
 def check_split_sizes(indices: Mapping[str, Sequence[int]], keys: Sequence[str],
                       fractions: Mapping[str, float] | None = None) -> None:
-    """Raise SplitTooSmallError when a split with a positive fraction came out empty."""
+    """Raise SplitTooSmallError when a split with a positive fraction came out empty, saying what would fill it."""
     fractions = dict(fractions or DEFAULT_FRACTIONS)
     empty = [name for name, idx in indices.items() if not idx and fractions.get(name, 0) > 0]
     if not empty:
         return
-    distinct = len(set(keys))
-    need = {name: math.ceil(1 / f) for name, f in fractions.items() if f > 0}
-    shown = ", ".join(f"{name} {fractions[name]:g} needs {n}" for name, n in need.items())
-    raise SplitTooSmallError(
-        f"the {', '.join(map(repr, empty))} split came out empty: {len(keys)} rows with {distinct} distinct prompts "
-        f"are too few for the fractions {fractions}. Each split needs at least one prompt, so each needs at least "
-        f"1/fraction distinct prompts in all ({shown}). Add rows, or ask for fewer or larger splits, e.g. "
-        f"fractions={{'train': 0.8, 'test': 0.2}} (needs 5).")
+    sizes = sorted(Counter(keys).values(), reverse=True)
+    largest = f" (the largest repeats one prompt {sizes[0]} times)" if sizes[0] > 1 else ""
+    rows = f"{len(keys)} row{'s' if len(keys) != 1 else ''}"
+    prompts = f"{len(sizes)} distinct prompt{'s' if len(sizes) != 1 else ''}"
+    need = prompts_needed(fractions)
+    message = (f"the {' and '.join(map(repr, empty))} split came out empty: {rows} in {prompts}{largest} "
+               f"are too few for the fractions {fractions}. Every split needs a prompt of its own "
+               f"(rows that share a prompt stay together); these fractions need at least {need} distinct prompts "
+               "of about equal size.")
+    for other in ({"train": 0.8, "test": 0.2}, {"train": 0.5, "test": 0.5}):
+        if other != fractions and prompts_needed(other) <= len(sizes) and sizes[0] <= len(keys) * max(other.values()):
+            message += f" Add rows, or ask for fewer splits: fractions={other} needs {prompts_needed(other)}."
+            break
+    else:
+        message += " Add rows with other prompts."
+    raise SplitTooSmallError(message)
+
+
+@functools.lru_cache(maxsize=64)
+def _needed(fractions: tuple[tuple[str, float], ...]) -> int:
+    wanted = [name for name, f in fractions if f > 0]
+    for n in range(1, 10_001):
+        parts = split_groups([str(i) for i in range(n)], dict(fractions))
+        if all(parts[name] for name in wanted):
+            return n
+    return 10_001
+
+
+def prompts_needed(fractions: Mapping[str, float] | None = None) -> int:
+    """The fewest distinct prompts (one row each) that give every split with a positive fraction at least one row."""
+    return _needed(tuple(dict(fractions or DEFAULT_FRACTIONS).items()))
 
 
 def split_rows(rows: Sequence[Mapping], fractions: Mapping[str, float] | None = None, seed: int = 0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -18,9 +19,9 @@ from typing import Iterable, Mapping, Sequence
 from datasets import Dataset
 
 from course_lib.core.models import load_tokenizer
-from course_lib.data.encode import SOURCE_ROW, tokenize_row
+from course_lib.data.encode import IGNORE_INDEX, SOURCE_ROW, tokenize_row
 from course_lib.data.formats import FORMAT_FIELDS, ROLES, strip_eos
-from course_lib.data.schemas import Canonical, SchemaError, canonical_row
+from course_lib.data.schemas import SCHEMA_FIELDS, Canonical, SchemaError, canonical_row
 from course_lib.data.sources import UnreadableRow, load_rows
 
 # Short names for the kinds of problem; a DropSummary counts rows by these.
@@ -45,7 +46,7 @@ KINDS = {
 HINTS = {
     "not_a_row": 'make each row an object, e.g. {"text": "..."}',
     "unreadable": "fix that line; the other rows are read",
-    "format": "keep to one schema per row",
+    "format": "use one schema per row (the pinned format, where one is given), or convert the row",
     "missing": "add it, or remove the row",
     "empty": "write the text, or remove the row",
     "type": "give it the type named, or remove the row",
@@ -54,7 +55,7 @@ HINTS = {
     "last_turn": "end the chat with the assistant's reply, or remove the last turn",
     "content": "give the content as text",
     "tokenize": "simplify the row, or leave it out: this model's chat template cannot render it",
-    "too_long": "shorten it, raise max_length, or turn truncation on",
+    "too_long": "shorten it or raise max_length",
 }
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ANSWER_FIELDS = ("text", "output", "completion")  # plain text the library ends with one EOS itself
@@ -89,13 +90,14 @@ def validate_row(row, index: int | None = None, fmt: str | None = None, tokenize
 
     `fmt` pins the format a dataset must have; without it the row's fields decide. `tokenizer` is the one the
     rows will train with (None: the course model's): text holding one of its special or control tokens is
-    rejected, the row must tokenize, and with max_length and truncation off it must fit in max_length.
+    rejected, the row must tokenize, and with max_length it must fit (truncation off) or keep an answer token
+    after truncation (truncation on).
     """
     return clean_row(row, index, fmt, tokenizer, max_length, truncation).format
 
 
 def clean_row(row, index: int | None = None, fmt: str | None = None, tokenizer=None, max_length: int | None = None,
-              truncation: bool = True, check_tokens: bool = True) -> Canonical:
+              truncation: bool = True) -> Canonical:
     """`validate_row`, returning the row in its library format (Canonical.row) with the fields it left out."""
     if isinstance(row, UnreadableRow):
         raise RowError(index, None, row.reason, "unreadable")
@@ -109,10 +111,9 @@ def clean_row(row, index: int | None = None, fmt: str | None = None, tokenizer=N
         raise RowError(index, error.field, error.reason, error.kind) from None
     try:
         found = _check(canonical.row, index, fmt)
-        if check_tokens:
-            tokenizer = default_tokenizer() if tokenizer is None else tokenizer
-            _no_special_tokens(canonical.row, found, index, tokenizer)
-            _tokenizes(canonical.row, found, index, tokenizer, max_length, truncation)
+        tokenizer = default_tokenizer() if tokenizer is None else tokenizer
+        _no_special_tokens(canonical.row, found, index, tokenizer)
+        _tokenizes(canonical.row, found, index, tokenizer, max_length, truncation)
     except RowError as error:  # name the learner's field, e.g. conversations[2].from rather than messages[2].role
         name = canonical.rename(error.field) if error.field else None
         raise RowError(index, name, error.reason, error.kind) from None
@@ -175,15 +176,25 @@ def _text(row: Mapping, name: str, index: int | None, where: str | None = None) 
         raise RowError(index, where, "is missing", "missing")
     if not isinstance(value, str):
         kind = "content" if name == "content" else "type"
-        raise RowError(index, where, f"must be text, got {type(value).__name__}", kind)
-    if not value.strip():
+        numbers = (' (write numbers as text, e.g. "4"; pandas infers number columns: read the file with dtype=str, '
+                   "or pass the file itself)") if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+        raise RowError(index, where, f"must be text, got {type(value).__name__}{numbers}", kind)
+    if _blank_text(value):
         raise RowError(index, where, "is empty", "empty")
     return value
 
 
+def _blank_text(text: str) -> bool:
+    """Nothing but whitespace and invisible format characters (zero-width spaces, BOMs)."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
+
+
 def _chat(messages, index: int | None) -> None:
     if not isinstance(messages, (list, tuple)):
-        raise RowError(index, "messages", f"must be a list of messages, got {type(messages).__name__}", "type")
+        repr_note = (" (it looks like a Python repr, not JSON: write the column with json.dumps)"
+                     if isinstance(messages, str) and messages.lstrip().startswith(("[{'", "[ {'")) else "")
+        raise RowError(index, "messages", f"must be a list of messages, got {type(messages).__name__}{repr_note}",
+                       "type")
     if not messages:
         raise RowError(index, "messages", "is empty", "empty")
     seen_user = False
@@ -202,9 +213,9 @@ def _chat(messages, index: int | None) -> None:
         if not isinstance(content, str):
             what = "a list of parts (images, audio, ...)" if isinstance(content, (list, tuple)) else type(content).__name__
             raise RowError(index, f"{where}.content", f"must be text, got {what}", "content")
-        if not content.strip():
+        if _blank_text(content):
             raise RowError(index, f"{where}.content", "is empty", "empty")
-        extra = sorted(k for k, v in message.items() if k not in ("role", "content") and v is not None)
+        extra = sorted(str(k) for k, v in message.items() if k not in ("role", "content") and v is not None)
         if extra:  # e.g. a per-turn "weight": 0 the tokenizer would silently train on anyway
             raise RowError(index, f"{where}.{extra[0]}", "is not used by the chat template or the loss mask; "
                            "remove it or turn it into content", "unknown_key")
@@ -225,15 +236,20 @@ def _texts(row: Mapping, fmt: str) -> list[tuple[str, str]]:
     return [(name, row[name]) for name in FORMAT_FIELDS[fmt] if isinstance(row.get(name), str)]
 
 
-@functools.lru_cache(maxsize=8)
+_CONTROL_CACHE: dict[tuple[int, int], tuple[str, ...]] = {}
+
+
 def control_tokens(tokenizer) -> tuple[str, ...]:
     """Every special or added control token of a tokenizer (longest first): text holding one is not plain text."""
-    tokens = set(tokenizer.all_special_tokens)
-    for added in tokenizer.added_tokens_decoder.values():
-        # added tokens marked special, and markup-shaped ones (<think>, [INST]) a template may use without the flag
-        if added.special or re.fullmatch(r"<[^<>\s]+>|\[[A-Z_/]+\]", added.content):
-            tokens.add(added.content)
-    return tuple(sorted((t for t in tokens if t), key=len, reverse=True))
+    key = (id(tokenizer), len(tokenizer))  # adding tokens changes the length, and with it the answer
+    if key not in _CONTROL_CACHE:
+        tokens = set(tokenizer.all_special_tokens)
+        for added in tokenizer.added_tokens_decoder.values():
+            # special ones, and markup-shaped ones (<think>, <<SYS>>, [INST], <|tool|>) a template may use unflagged
+            if added.special or re.search(r"[<>\[\]|{}]", added.content):
+                tokens.add(added.content)
+        _CONTROL_CACHE[key] = tuple(sorted((t for t in tokens if t), key=len, reverse=True))
+    return _CONTROL_CACHE[key]
 
 
 def _no_special_tokens(row: Mapping, fmt: str, index: int | None, tokenizer) -> None:
@@ -241,6 +257,8 @@ def _no_special_tokens(row: Mapping, fmt: str, index: int | None, tokenizer) -> 
     for where, text in _texts(row, fmt):
         if where in _ANSWER_FIELDS:  # one EOS at the end of plain text is kept (exactly one), not refused
             text = strip_eos(text, tokenizer.eos_token)
+            if _blank_text(text):
+                raise RowError(index, where, "holds nothing but the EOS token", "empty")
         for token in specials:
             if token in text:
                 raise RowError(index, where, f"contains the special token {token!r}, which would be read as "
@@ -252,13 +270,18 @@ def _tokenizes(row: Mapping, fmt: str, index: int | None, tokenizer, max_length:
     """Tokenize the row as training will: whatever passes validation must not fail later."""
     main = {"completion": "text", "instruction": "output", "chat": "messages", "prompt_completion": "completion"}[fmt]
     try:
-        n = len(tokenize_row(row, tokenizer)["input_ids"])
+        encoded = tokenize_row(row, tokenizer)
     except Exception as error:  # noqa: BLE001 - any failure of the tokenizer or template is this row's problem
         raise RowError(index, main, f"the tokenizer or chat template fails on this row ({type(error).__name__}: "
                        f"{error})", "tokenize") from None
+    n = len(encoded["input_ids"])
     if max_length is not None and not truncation and n > max_length:
         raise RowError(index, main, f"the row is {n} tokens, longer than max_length={max_length}, "
                        "and truncation is off", "too_long")
+    if max_length is not None and not any(label != IGNORE_INDEX for label in encoded["labels"][:max_length]):
+        first = next((i for i, label in enumerate(encoded["labels"]) if label != IGNORE_INDEX), n)
+        raise RowError(index, main, f"its answer starts at token {first}, so truncation to max_length={max_length} "
+                       "leaves nothing to learn", "too_long")
 
 
 # ---------------------------------------------------------------------------------------------------- many rows
@@ -272,6 +295,7 @@ class DropSummary:
     drops: list[RowError] = field(default_factory=list)
     stage: str = "validation"
     ignored: dict[str, int] = field(default_factory=dict)  # field no schema uses -> rows that have it
+    kept_rows: list = field(default_factory=list)  # the names of the kept rows, in order
     schemas: dict[str, int] = field(default_factory=dict)  # schema -> kept rows
 
     @property
@@ -342,6 +366,7 @@ def validate_named(rows: Sequence, names: Iterable[int], origins: Sequence[str |
         ignored.update(canonical.ignored)
         schemas[canonical.schema] += 1
         good.append(canonical.row)
+        summary.kept_rows.append(name)
     summary.ignored, summary.schemas = dict(ignored.most_common()), dict(schemas.most_common())
     return good, summary
 
@@ -372,9 +397,34 @@ def as_dataset(source, tokenizer=None) -> Dataset:
     Validation raises on the first bad row, naming it; the result's `source_row` column numbers the rows.
     """
     if isinstance(source, Dataset):
-        return source
-    good, _ = validate_rows(source, on_error="raise", tokenizer=tokenizer)
-    return to_dataset(good).add_column(SOURCE_ROW, list(range(len(good))))
+        if _in_library_format(source):
+            return source
+        return validate_dataset(source, tokenizer=tokenizer)[0]
+    good, summary = validate_rows(source, on_error="raise", tokenizer=tokenizer)
+    return to_dataset(good).add_column(SOURCE_ROW, summary.kept_rows)
+
+
+def _in_library_format(dataset: Dataset) -> bool:
+    """True for a Dataset of validated rows (what to_dataset builds): text columns of the formats, chats of role/content.
+
+    Other columns (an id, a source) may ride along; the fields of another schema may not.
+    """
+    features = dataset.features
+    text = {name for fields in FORMAT_FIELDS.values() for name in fields if name != "messages"}
+    others = {name for fields in SCHEMA_FIELDS.values() for name in fields} - text - {"messages"}
+    for name, feature in features.items():
+        if name == SOURCE_ROW:
+            continue
+        if name in text:
+            if getattr(feature, "dtype", None) != "string":
+                return False
+        elif name == "messages":
+            turn = getattr(feature, "feature", None)
+            if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
+                return False
+        elif name in others:
+            return False
+    return True
 
 
 def validate_dataset(dataset, on_error: str = "raise", fmt: str | None = None, tokenizer=None,
@@ -390,5 +440,4 @@ def validate_dataset(dataset, on_error: str = "raise", fmt: str | None = None, t
     names = [row.pop(SOURCE_ROW, i) if isinstance(row, dict) else i for i, row in enumerate(rows)]
     origins = [None] * len(rows)
     good, summary = validate_named(rows, names, origins, on_error, fmt, tokenizer, max_length, truncation)
-    dropped = set(summary.rows())
-    return to_dataset(good).add_column(SOURCE_ROW, [n for n in names if n not in dropped]), summary
+    return to_dataset(good).add_column(SOURCE_ROW, summary.kept_rows), summary

@@ -240,7 +240,7 @@ def data_check_command(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.model)
         result = check_data(args.file, tokenizer, file_format=args.format, encoding=args.encoding,
                             max_length=args.max_length)
-    except (FileFormatError, FileNotFoundError, ValueError, ModelNotAvailable) as error:
+    except (FileFormatError, FileNotFoundError, LookupError, ValueError, ModelNotAvailable) as error:
         console.print(f"[red]{escape(str(error))}[/red]")
         return 2
     for line in result.lines():

@@ -77,7 +77,7 @@ def test_a_dataset_too_small_for_its_splits_gets_one_clear_error(tokenizer):
     with pytest.raises(splits.SplitTooSmallError) as caught:
         pipeline.prepare(rows, tokenizer)
     message = str(caught.value)
-    assert "5 rows with 5 distinct prompts" in message and "validation 0.1 needs 10" in message
+    assert "5 rows in 5 distinct prompts" in message and "need at least 8 distinct prompts" in message
     assert "Column" not in message
     prepared = pipeline.prepare(rows, tokenizer, fractions={"train": 0.8, "test": 0.2})
     assert {name: len(ds) for name, ds in prepared.splits.items()} == {"train": 4, "test": 1}
@@ -215,3 +215,113 @@ def test_course_data_check_reports_kept_dropped_and_lengths(tokenizer, tmp_path,
     assert main(["data", "check", str(nothing)]) == 1
     assert "nothing usable is left" in capsys.readouterr().out
     assert main(["data", "check", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_rows_with_nothing_to_learn_are_named_by_validation_and_the_report_agrees_with_prepare(tokenizer):
+    eos = tokenizer.eos_token
+    long_prompt = [chat("word " * 400 + str(i), "short answer") for i in range(3)]  # the answer starts after 256 tokens
+    empty = [{"text": eos}, {"instruction": "Say it.", "output": f" {eos}"}, {"text": "\u200b"}, chat("Hi", "\u200b\u2060")]
+    rows = good_rows(30) + long_prompt + empty
+    result = check_data(rows, tokenizer, max_length=256)
+    prepared = pipeline.prepare(rows, tokenizer, max_length=256)
+    assert result.usable == sum(len(ds) for ds in prepared.splits.values()) == 30
+    assert [(e.row, e.kind) for e in prepared.validation.drops] == [(30, "too_long"), (31, "too_long"), (32, "too_long"),
+                                                                  (33, "empty"), (34, "empty"), (35, "empty"), (36, "empty")]
+    assert "leaves nothing to learn" in str(prepared.validation.drops[0])
+    assert all(not report.dropped for report in prepared.tokenization.values())
+
+
+def test_csv_cells_stay_text_unless_they_hold_turns_and_an_unclosed_quote_is_named(tokenizer, tmp_path):
+    import csv
+
+    path = tmp_path / "pc.csv"
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "completion"])
+        for e in tasks.make_examples(6, seed=3):
+            messages = tasks.to_messages(e)
+            writer.writerow([messages[1]["content"], messages[2]["content"]])  # the answer is a JSON object
+        writer.writerow(["List three numbers.", "[1, 2, 3]"])
+        writer.writerow([json.dumps([U]), json.dumps([{"role": "assistant", "content": "In France."}])])
+    good, summary = validate_rows(path, tokenizer=tokenizer)
+    assert summary.schemas == {"prompt_completion": 7, "conversational prompt_completion": 1}
+    assert good[0]["completion"].startswith("{") and good[6]["completion"] == "[1, 2, 3]"
+
+    broken = tmp_path / "quote.csv"
+    lines = ["instruction,output"] + [f"Add {i} and 1.,{i + 1}" for i in range(100)]
+    lines[6] = 'Add 5 and 1.,"6'
+    broken.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(pipeline.FileFormatError, match="quote.csv, line 7: a quote .* never closed"):
+        validate_rows(broken, tokenizer=tokenizer)
+
+
+def test_empty_values_of_another_schema_and_tool_fields_are_absent(tokenizer):
+    import pandas as pd
+
+    m = chat("Where?", "Here.")["messages"]
+    rows = [dict(chat("Where?", "Here."), input=""), {"text": "doc", "output": ""}, dict(chat("Hm?", "Yes."), prompt=[]),
+            {"messages": [dict(m[0], name="", tool_calls=[]), dict(m[1], tool_calls=None)]},
+            {"text": ""}]  # an empty text of its own schema is still empty
+    good, summary = validate_rows(rows, on_error="drop", tokenizer=tokenizer)
+    assert len(good) == 4 and [(e.row, e.field, e.kind) for e in summary.drops] == [(4, "text", "empty")]
+    frame = pd.DataFrame(good_rows(4) + [{"instruction": "Add 1 and 1.", "output": "2"}]).fillna("")
+    assert validate_rows(frame, tokenizer=tokenizer)[1].kept == 5
+
+
+def test_numpy_rows_raw_datasets_and_pandas_numbers(tokenizer, tmp_path):
+    import pandas as pd
+    from datasets import Dataset
+
+    records = Dataset.from_list(good_rows(3)).to_pandas().to_dict("records")  # messages as numpy arrays
+    assert validate_rows(records, tokenizer=tokenizer)[1].kept == 3
+    sharegpt = [{"conversations": [{"from": "human", "value": f"Q{i}?"}, {"from": "gpt", "value": f"A{i}"}]}
+                for i in range(10)]
+    parts = splits.split_dataset(Dataset.from_list(sharegpt), {"train": 0.8, "test": 0.2})  # validated, not crashed
+    assert sum(len(ds) for ds in parts.values()) == 10
+    conversational = [{"prompt": [U], "completion": [{"role": "assistant", "content": f"A{i}"}]} for i in range(3)]
+    assert len(tokenize.tokenize_dataset(Dataset.from_list(conversational), tokenizer)[0]) == 3
+    numbers = pd.DataFrame({"instruction": [f"Add {i} and 1." for i in range(4)], "output": [1, 2, 3, 4]})
+    with pytest.raises(RowError, match="must be text, got int .*dtype=str"):
+        validate_rows(numbers, tokenizer=tokenizer)
+    bad = Dataset.from_list([{"text": "a", "source_row": 5}, {"text": " ", "source_row": 5}, {"text": "b", "source_row": 6}])
+    from course_lib.data.validate import validate_dataset
+    kept, summary = validate_dataset(bad, on_error="drop", tokenizer=tokenizer)
+    assert kept["source_row"] == [5, 6] and summary.rows() == [5]
+
+
+def test_sharegpt_and_odd_turns_are_named_by_the_learners_fields(tokenizer):
+    rows = [{"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+            {"conversations": [{"role": "human", "content": "hi"}, {"role": "gpt", "content": "a"}]},
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}, {"role": "assistant", "content": "a"}]},
+            {"prompt": [], "completion": []},
+            {"messages": [{"role": "user", "content": "x", 1: "y"}, {"role": "assistant", "content": "a"}]}]
+    good, summary = validate_rows(rows, on_error="drop", tokenizer=tokenizer)
+    assert len(good) == 1 and good[0]["messages"][1] == {"role": "assistant", "content": "a"}
+    assert [(e.row, e.field, e.kind) for e in summary.drops] == [
+        (0, "conversations[1].content", "empty"), (2, "messages[0].content[0].text", "content"),
+        (3, "prompt", "empty"), (4, "messages[0].1", "unknown_key")]
+
+
+def test_tokens_added_to_the_tokenizer_later_are_refused_too():
+    from course_lib.core.models import load_tokenizer
+
+    fresh = load_tokenizer()
+    assert validate_rows([chat("Use <tool_call>", "ok")], tokenizer=fresh)[1].kept == 1
+    fresh.add_special_tokens({"additional_special_tokens": ["<tool_call>"]})
+    fresh.add_tokens(["[TOOL]", "<<SYS>>"])
+    _, summary = validate_rows([chat("Use <tool_call>", "ok"), chat("hi", "[TOOL] x"), chat("<<SYS>> be nice", "ok"),
+                                chat("plain", "ok")], on_error="drop", tokenizer=fresh)
+    assert [(e.row, e.kind) for e in summary.drops] == [(0, "special_token"), (1, "special_token"), (2, "special_token")]
+
+
+def test_utf16_without_bom_and_a_cp1252_file_are_read_or_named(tokenizer, tmp_path):
+    plain = tmp_path / "u16.csv"
+    plain.write_bytes("text\nhello\nwörld\n".encode("utf-16-le"))
+    assert validate_rows(plain, tokenizer=tokenizer)[0] == [{"text": "hello"}, {"text": "wörld"}]
+    western = tmp_path / "fr.csv"
+    western.write_bytes(("text\n" + "\n".join(f"«café» “au lait” numéro {i}" for i in range(50))).encode("cp1252"))
+    with pytest.raises(pipeline.FileFormatError, match=r"line 2: byte 0xAB.*encoding='cp1252'.*«café»"):
+        validate_rows(western, tokenizer=tokenizer)
+    from course_lib.instructor.cli import main
+    assert main(["data", "check", str(western), "--encoding", "bogus"]) == 2
+    assert main(["data", "check", str(western), "--encoding", "cp1252"]) == 0

@@ -175,7 +175,7 @@ def test_dataframe_values_become_plain_python(tmp_path):
     assert rows == [{"id": 7, "messages": CHAT, "source": "web", "score": 0.5, "keep": True},
                     {"id": 8, "messages": CHAT[:1], "source": None, "score": None, "keep": None}]
     assert type(rows[0]["id"]) is int and type(rows[0]["messages"]) is list and type(rows[0]["score"]) is float
-    assert rows.origins == ["DataFrame row 0", "DataFrame row 1"] and rows.name == "DataFrame"
+    assert rows.origins == ["DataFrame index 10", "DataFrame index 20"] and rows.name == "DataFrame"
 
 
 def test_parquet_round_trip(tmp_path):
@@ -224,3 +224,21 @@ def test_wrong_sources_say_what_to_pass(tmp_path):
     with pytest.raises(ValueError, match="'parquet'"):
         load_rows([], file_format="xlsx")
     assert FILE_FORMATS == ("auto", "jsonl", "json", "csv", "tsv", "parquet")
+
+
+def test_json_wrappers_and_every_pandas_orient_give_their_rows(tmp_path):
+    import pandas as pd
+
+    rows = [{"instruction": f"Add {i} and 1.", "output": str(i + 1)} for i in range(3)]
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"text": "my dataset, version 2", "data": rows}), encoding="utf-8")
+    assert load_rows(wrapped) == rows
+    frame = pd.DataFrame(rows)
+    for orient in ("columns", "index", "split", "records"):
+        path = tmp_path / f"{orient}.json"
+        frame.to_json(path, orient=orient)
+        assert load_rows(path) == rows, orient
+    stream = tmp_path / "pretty.jsonl"
+    stream.write_text("".join(json.dumps(row, indent=2) + "\n" for row in rows), encoding="utf-8")
+    loaded = load_rows(stream)
+    assert loaded == rows and loaded.origins == ["pretty.jsonl line 1", "pretty.jsonl line 5", "pretty.jsonl line 9"]

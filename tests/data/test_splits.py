@@ -166,7 +166,16 @@ def test_row_text_covers_every_field():
 
 def test_a_split_too_small_for_its_fractions_says_how_many_rows_it_needs():
     rows = [chat(f"Q{i}") for i in range(5)]
-    with pytest.raises(splits.SplitTooSmallError, match=r"'validation'.*5 rows with 5 distinct prompts.*validation 0.1 needs 10"):
+    with pytest.raises(splits.SplitTooSmallError, match=r"'validation'.*5 rows in 5 distinct prompts.*at least 8 distinct"):
         splits.split_rows(rows)
+    assert [splits.prompts_needed(f) for f in (None, {"train": 0.8, "test": 0.2}, {"train": 0.9, "test": 0.1})] == [8, 3, 5]
+    for fractions in (None, {"train": 0.8, "test": 0.2}, {"train": 0.9, "test": 0.1}):  # the number is the true minimum
+        n = splits.prompts_needed(fractions)
+        splits.split_rows([chat(f"Q{i}") for i in range(n)], fractions)
+        with pytest.raises(splits.SplitTooSmallError):
+            splits.split_rows([chat(f"Q{i}") for i in range(n - 1)], fractions)
+    crowded = [chat("same")] * 90 + [chat(f"Q{i}") for i in range(20)]
+    with pytest.raises(splits.SplitTooSmallError, match="largest repeats one prompt 90 times"):
+        splits.split_rows(crowded)
     parts = splits.split_rows(rows, {"train": 0.8, "test": 0.2})
     assert [len(p) for p in parts.values()] == [4, 1]

@@ -108,7 +108,9 @@ def test_special_tokens_inside_text_are_rejected(tokenizer):
 
 def test_too_long_rows_are_rejected_only_when_truncation_is_off(tokenizer):
     row = {"messages": tasks.to_messages(tasks.make_examples(1)[0])}
-    validate_row(row, 0, tokenizer=tokenizer, max_length=10)  # truncation on: the tokenizer will cut it
+    validate_row(row, 0, tokenizer=tokenizer, max_length=70)  # truncation on: the tokenizer cuts it, the answer starts
+    with pytest.raises(RowError, match="leaves nothing to learn"):  # ...but not when the cut leaves no answer token
+        validate_row(row, 0, tokenizer=tokenizer, max_length=10)
     with pytest.raises(RowError) as caught:
         validate_row(row, 4, tokenizer=tokenizer, max_length=10, truncation=False)
     assert (caught.value.row, caught.value.field, caught.value.kind) == (4, "messages", "too_long")
