@@ -50,7 +50,7 @@ HINTS = {
     "missing": "add it, or remove the row",
     "empty": "write the text, or remove the row",
     "type": "give it the type named, or remove the row",
-    "role": "use system, user or assistant (in ShareGPT: system, human or gpt)",
+    "role": "use system, user or assistant; in ShareGPT, system, human or gpt",
     "order": "put an optional system turn first and a user turn before each assistant turn",
     "last_turn": "end the chat with the assistant's reply, or remove the last turn",
     "content": "give the content as text",
@@ -62,20 +62,24 @@ _ANSWER_FIELDS = ("text", "output", "completion")  # plain text the library ends
 
 
 class RowError(ValueError):
-    """One bad row: `row` (its index), `field` (e.g. 'messages[2].role'), `kind` (a key of KINDS), `origin` (file line)."""
+    """One bad row: `row` (its index), `field` (e.g. 'messages[2].role'), `kind` (a key of KINDS), `origin` (file line).
 
-    def __init__(self, row: int | None, field: str | None, reason: str, kind: str = "type", origin: str | None = None):
+    The message ends with what to do: `hint`, or by default the kind's entry in HINTS.
+    """
+
+    def __init__(self, row: int | None, field: str | None, reason: str, kind: str = "type", origin: str | None = None,
+                 hint: str | None = None):
         self.row, self.field, self.reason, self.kind, self.origin = row, field, reason, kind, origin
+        self.hint = HINTS.get(kind, "") if hint is None else hint
         where = "row ?" if row is None else f"row {row}"
         if origin:
             where += f" ({origin})"
         if field:
             where += f", field {field!r}"
-        hint = HINTS.get(kind, "")
-        super().__init__(f"{where}: {reason}" + (f" ({hint})" if hint and hint not in reason else ""))
+        super().__init__(f"{where}: {reason}" + (f" (to fix: {self.hint})" if self.hint else ""))
 
     def __reduce__(self):  # keep the attributes through pickling (datasets' multiprocessing, nbgrader)
-        return (RowError, (self.row, self.field, self.reason, self.kind, self.origin))
+        return (RowError, (self.row, self.field, self.reason, self.kind, self.origin, self.hint))
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,7 +120,7 @@ def clean_row(row, index: int | None = None, fmt: str | None = None, tokenizer=N
         _tokenizes(canonical.row, found, index, tokenizer, max_length, truncation)
     except RowError as error:  # name the learner's field, e.g. conversations[2].from rather than messages[2].role
         name = canonical.rename(error.field) if error.field else None
-        raise RowError(index, name, error.reason, error.kind) from None
+        raise RowError(index, name, error.reason, error.kind, hint=error.hint) from None
     canonical.format = found
     return canonical
 
@@ -176,9 +180,9 @@ def _text(row: Mapping, name: str, index: int | None, where: str | None = None) 
         raise RowError(index, where, "is missing", "missing")
     if not isinstance(value, str):
         kind = "content" if name == "content" else "type"
-        numbers = (' (write numbers as text, e.g. "4"; pandas infers number columns: read the file with dtype=str, '
-                   "or pass the file itself)") if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-        raise RowError(index, where, f"must be text, got {type(value).__name__}{numbers}", kind)
+        hint = ('write numbers as text, e.g. "4"; pandas guesses number columns, so read the file with dtype=str '
+                "or pass the file itself") if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        raise RowError(index, where, f"must be text, got {type(value).__name__}", kind, hint=hint)
     if _blank_text(value):
         raise RowError(index, where, "is empty", "empty")
     return value
@@ -358,7 +362,7 @@ def validate_named(rows: Sequence, names: Iterable[int], origins: Sequence[str |
         try:
             canonical = clean_row(row, name, fmt, tokenizer, max_length, truncation)
         except RowError as error:
-            error = RowError(error.row, error.field, error.reason, error.kind, origin) if origin else error
+            error = RowError(error.row, error.field, error.reason, error.kind, origin, error.hint) if origin else error
             if on_error == "raise":
                 raise error from None
             summary.drops.append(error)

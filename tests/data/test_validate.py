@@ -168,7 +168,7 @@ def test_validate_dataset_names_rows_by_source_row():
 def test_row_errors_survive_pickling():
     error = pickle.loads(pickle.dumps(RowError(3, "text", "is empty", "empty")))
     assert (error.row, error.field, error.kind, str(error)) == (3, "text", "empty",
-                                                           "row 3, field 'text': is empty (write the text, or remove the row)")
+                                                           "row 3, field 'text': is empty (to fix: write the text, or remove the row)")
 
 
 def test_empty_summary():
