@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from course_lib.data.formats import FormatError, completion_text, detect_format, instruction_prompt, strip_eos
+from course_lib.data.formats import (FormatError, completion_text, detect_format, instruction_prompt, library_row,
+                                     strip_eos)
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
 SOURCE_ROW = "source_row"  # the column naming a row's index in the raw input, for reports
@@ -153,6 +154,7 @@ def tokenize_completion(text: str, tokenizer, max_length: int | None = None, tru
 
 def tokenize_row(row: Mapping, tokenizer, max_length: int | None = None, truncation: bool = True) -> dict:
     """Tokenize a row of any format, with labels for completion-only training."""
+    row = library_row(row)
     fmt = detect_format(row)
     if fmt == "chat":
         return tokenize_chat(row["messages"], tokenizer, max_length, truncation)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from course_lib.core import tasks
+from course_lib.data.schemas import SchemaError, canonical_row
 
 FORMATS = ("completion", "instruction", "chat")
 ROLES = ("system", "user", "assistant")
@@ -32,10 +33,19 @@ class FormatError(ValueError):
     """A row that cannot be put into the requested format (the reason says why)."""
 
 
-def detect_format(row: Mapping) -> str:
-    """'completion', 'instruction' or 'chat', from the fields a row has; FormatError when none or several fit."""
+def library_row(row: Mapping) -> dict:
+    """A row of any schema course_lib.data.schemas knows (ShareGPT, text parts, trl pairs, NaN inputs) in its format."""
     if not isinstance(row, Mapping):
         raise FormatError(f"a row must be a dict, got {type(row).__name__}")
+    try:
+        return canonical_row(row).row
+    except SchemaError as error:
+        raise FormatError(f"field {error.field!r} {error.reason}" if error.field else f"the row {error.reason}") from None
+
+
+def detect_format(row: Mapping) -> str:
+    """'completion', 'instruction', 'chat' or 'prompt_completion', from the fields a row has; FormatError when none fit."""
+    row = library_row(row)
     present = [fmt for fmt, fields in FORMAT_FIELDS.items() if any(row.get(f) is not None for f in fields)]
     if len(present) == 1:
         return present[0]
@@ -49,7 +59,7 @@ def instruction_prompt(instruction: str, input: str | None = None) -> str:
 
     An input that is missing, None or only whitespace leaves the Input section out.
     """
-    if input and input.strip():
+    if isinstance(input, str) and input.strip():  # NaN from a table is no input either
         return f"{INPUT_HEADER}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
     return f"{INSTRUCTION_HEADER}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 
@@ -58,6 +68,7 @@ def instruction_text(row: Mapping, eos_token: str) -> str:
     """The whole training text of an instruction row: its prompt, the output, then EOS so the model learns to stop."""
     if not eos_token:
         raise FormatError("an EOS token is needed: without it the model never learns where an answer ends")
+    row = library_row(row)
     return instruction_prompt(row["instruction"], row.get("input")) + strip_eos(row["output"], eos_token) + eos_token
 
 
@@ -90,7 +101,7 @@ def instruction_to_messages(row: Mapping) -> list[dict]:
     This is the layout of course_lib.core.tasks (instruction as system message, the text as user message),
     and it converts back exactly with `messages_to_instruction`.
     """
-    if row.get("input") and row["input"].strip():
+    if isinstance(row.get("input"), str) and row["input"].strip():
         turns = [{"role": "system", "content": row["instruction"]}, {"role": "user", "content": row["input"]}]
     else:
         turns = [{"role": "user", "content": row["instruction"]}]
@@ -109,6 +120,7 @@ def messages_to_instruction(messages: Sequence[Mapping]) -> dict:
 
 def to_chat(row: Mapping) -> dict:
     """A row of any format with a prompt as a chat row {'messages': [...]}."""
+    row = library_row(row)
     fmt = detect_format(row)
     if fmt == "chat":
         return {"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]}
@@ -121,6 +133,7 @@ def to_chat(row: Mapping) -> dict:
 
 def to_instruction(row: Mapping) -> dict:
     """A row of any format with a prompt as an instruction row."""
+    row = library_row(row)
     fmt = detect_format(row)
     if fmt == "instruction":
         return {"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"]}
@@ -136,6 +149,7 @@ def to_completion(row: Mapping, tokenizer) -> dict:
 
     The result trains on every token, prompt included: converting to completion loses the mask.
     """
+    row = library_row(row)
     fmt = detect_format(row)
     if fmt == "completion":
         return {"text": completion_text(row["text"], tokenizer.eos_token)}

@@ -15,14 +15,12 @@ Examples are never split across blocks; one longer than the block is an error na
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
+from datasets import Dataset
 
 from course_lib.data.tokenize import IGNORE_INDEX, SOURCE_ROW
-
-if TYPE_CHECKING:
-    from datasets import Dataset
 
 STRATEGIES = ("next_fit", "first_fit_decreasing")
 
@@ -134,7 +132,12 @@ class PackedCollator:
 
 def pack_dataset(dataset: Dataset, block_size: int, pad_token_id: int | None = None, strategy: str = "next_fit",
                  batch_size: int = 1000) -> Dataset:
-    """Pack a tokenized `datasets.Dataset` (input_ids, labels) with a batched map; packs within each map batch."""
+    """Pack a tokenized `datasets.Dataset` (input_ids, labels) with a batched map; packs within each map batch.
+
+    A list of tokenized rows is taken too.
+    """
+    if not isinstance(dataset, Dataset):
+        dataset = Dataset.from_list([dict(row) for row in dataset])
 
     def pack(batch: dict, indices: list[int]) -> dict:
         names = batch.get(SOURCE_ROW, indices)  # the learner's row numbers, not positions in this map batch

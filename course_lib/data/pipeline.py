@@ -10,6 +10,7 @@ Validation maps every row to a library format and drops or names the bad ones; e
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -42,12 +43,21 @@ def read_rows(path: str | Path, file_format: str = "auto", encoding: str | None 
     return load_rows(path, file_format=file_format, encoding=encoding)
 
 
-def write_jsonl(rows: Sequence, path: str | Path) -> Path:
-    """Write rows as JSONL (UTF-8, one object a line)."""
+def write_jsonl(rows, path: str | Path) -> Path:
+    """Write rows (a list, DataFrame or Dataset) as JSONL (UTF-8, one object a line): the whole file, or nothing.
+
+    A row that JSON cannot hold (NaN, half an emoji) raises ValueError naming the row, before the file changes.
+    """
     path = Path(path)
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    lines = []
+    for index, row in enumerate(load_rows(rows) if not isinstance(rows, list) else rows):
+        try:
+            lines.append(json.dumps(row, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+        except (ValueError, UnicodeEncodeError) as error:
+            raise ValueError(f"row {index} cannot be written as JSON ({error}); validate the rows first") from None
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(b"".join(line + b"\n" for line in lines))
+    os.replace(partial, path)
     return path
 
 

@@ -16,6 +16,7 @@ an empty `input`) are absent, not wrong. Fields no schema uses (an `id`, a `sour
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -67,10 +68,19 @@ def blank(value) -> bool:
 
 def canonical_row(row: Mapping) -> Canonical:
     """The row in the library's format ('completion', 'instruction', 'chat' or 'prompt_completion'); SchemaError if none fits."""
+    if not any(key in row for fields in SCHEMA_FIELDS.values() for key in fields):
+        # Spreadsheet headers such as "Instruction" or " Text ": the same fields, written another way
+        folded = {str(key).strip().lower(): value for key, value in row.items()}
+        if any(key in folded for fields in SCHEMA_FIELDS.values() for key in fields):
+            row = folded
+    row = {key: _turns_from_json(key, value) for key, value in row.items()}
     present = [name for name, fields in SCHEMA_FIELDS.items() if any(not blank(row.get(f)) for f in fields)]
     if not present:  # only empty values: the schema they belong to reports them as empty
         present = [name for name, fields in SCHEMA_FIELDS.items() if any(not absent(row.get(f)) for f in fields)]
     if not present:
+        null = next((f for fields in SCHEMA_FIELDS.values() for f in fields if f in row and f != "input"), None)
+        if null is not None:  # {"text": None}: the field is there but holds nothing
+            raise SchemaError(null, "is missing (null or NaN)", "missing")
         raise SchemaError(None, "has none of the fields of a known schema: text; instruction/input/output; messages; "
                           "conversations (ShareGPT); prompt/completion (trl)", "missing")
     if len(present) > 1:
@@ -94,6 +104,22 @@ def canonical_row(row: Mapping) -> Canonical:
         messages, from_value = _sharegpt(row["conversations"])
         return Canonical({"messages": messages}, schema, _renamer(from_value), ignored)
     return _prompt_completion(row, ignored)
+
+
+def _turns_from_json(key, value):
+    """A chat column read from a CSV by pandas holds JSON text: the list of turns it encodes, else the value."""
+    if key not in ("messages", "conversations", "prompt", "completion") or not isinstance(value, str):
+        return value
+    if not value.lstrip().startswith("["):
+        return value
+    try:
+        turns = json.loads(value)
+    except json.JSONDecodeError:
+        return value
+    chat = isinstance(turns, list) and turns and all(isinstance(t, Mapping) for t in turns)
+    if key in ("prompt", "completion") and not (chat and all("role" in t for t in turns)):
+        return value  # a prompt or completion that is JSON text (an answer like [1, 2]) stays text
+    return turns if chat else value
 
 
 def _messages(messages, where: str) -> list:
@@ -136,7 +162,8 @@ def _sharegpt(conversations) -> tuple[list, set[int]]:
         if not isinstance(message, Mapping):
             out.append(message)
             continue
-        keys = ("from", "value") if "role" not in message else ("role", "content")  # some exports use role/content
+        # Some exports use role/content; Arrow gives every turn every key, filling the missing ones with None.
+        keys = ("role", "content") if not absent(message.get("role")) else ("from", "value")
         if keys[0] == "from":
             from_value.add(turn)
         source = message.get(keys[0])

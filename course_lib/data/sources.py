@@ -160,18 +160,18 @@ def _guess_encoding(data: bytes, position: int) -> str | None:
         start = max(0, position - _GUESS_WINDOW)
         start = data.find(b"\n", start) + 1 if start else 0  # start on a whole line, not inside a character
         data = data[start:position + _GUESS_WINDOW]
-    best = from_bytes(data).best()
-    if best is None or codecs.lookup(best.encoding).name in ("utf-8", "ascii"):
-        return None
-    # Short Western text is often taken for a Mac or Central European code page; Windows-1252 (what Excel and
-    # Notepad write in Western Europe and the Americas) decodes it the same way or better, so offer that first.
-    western = ("mac", "cp125", "cp437", "cp850", "latin", "iso8859", "windows-125")
-    if best.encoding.replace("_", "").startswith(western):
+    # Western text (few non-ASCII bytes) is what Excel and Notepad write as Windows-1252; statistical guessers
+    # often take a short sample for a Mac, Central European or even Chinese code page and would garble it.
+    non_ascii = sum(byte > 127 for byte in data) / max(len(data), 1)
+    if non_ascii < 0.3:
         try:
             data.decode("cp1252")
             return "cp1252"
         except UnicodeDecodeError:
             pass
+    best = from_bytes(data).best()
+    if best is None or codecs.lookup(best.encoding).name in ("utf-8", "ascii"):
+        return None
     return best.encoding
 
 
@@ -263,7 +263,10 @@ def _jsonl_lines_rows(lines: list[str], name: str) -> LoadedRows:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as error:
-            rows.append(UnreadableRow(f"not valid JSON ({error.msg} at column {error.colno})"))
+            try:  # a line copied out of a JSON list keeps its trailing comma
+                rows.append(json.loads(line.rstrip().removesuffix(",")))
+            except json.JSONDecodeError:
+                rows.append(UnreadableRow(f"not valid JSON ({error.msg} at column {error.colno})"))
         origins.append(f"{name} line {number}")
     return LoadedRows(rows, origins, name)
 

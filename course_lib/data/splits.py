@@ -32,7 +32,7 @@ _SPACE = re.compile(r"\s+", re.UNICODE)
 _SCRIPTS = re.compile("([" + "".join(chr(c) for c in range(0x80, 0x10000)
                                       if unicodedata.decomposition(chr(c)).startswith(("<super>", "<sub>"))) + "]+)")
 # What an editor or a copy-paste changes without changing the text: invisible characters and typographic quotes.
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad\ufe0e\ufe0f"))  # and emoji/text variation selectors
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200e\u200f\u2060\ufeff\u00ad\ufe0e\ufe0f"))  # and emoji/text variation selectors
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
                          "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"'})
 
@@ -125,6 +125,7 @@ def deduplicate_dataset(dataset: Dataset, mode: str = "normalized") -> tuple[Dat
     """
     if mode not in ("exact", "normalized"):
         raise ValueError(f"mode must be 'exact' or 'normalized', not {mode!r}")
+    dataset = as_dataset(dataset)  # a list, DataFrame or file is validated into a Dataset first
 
     def keys(batch: dict) -> dict:
         rows = batch_rows(batch)
@@ -156,10 +157,17 @@ def batch_rows(batch: dict) -> list[dict]:
 
 
 def conflicts(rows: Sequence[Mapping]) -> dict[str, list[int]]:
-    """Normalized prompts that occur with different answers: {prompt key: row indices} (kept, but worth a look)."""
+    """Normalized prompts asked with different answers: {prompt key: row indices} (kept, but worth a look).
+
+    Completion rows have no answer of their own, so they never conflict.
+    """
     groups: dict[str, dict[str, int]] = {}
     for index, row in enumerate(rows):
-        groups.setdefault(prompt_key(row), {}).setdefault(normalize_text(row_text(row)), index)
+        turns = conversation(row)
+        answers = [m["content"] for m in turns if m["role"] == "assistant"]
+        if not answers:
+            continue
+        groups.setdefault(prompt_key(row), {}).setdefault(normalize_text(answers[-1]), index)
     return {key: sorted(answers.values()) for key, answers in groups.items() if len(answers) > 1}
 
 

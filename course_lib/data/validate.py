@@ -240,12 +240,13 @@ def _texts(row: Mapping, fmt: str) -> list[tuple[str, str]]:
     return [(name, row[name]) for name in FORMAT_FIELDS[fmt] if isinstance(row.get(name), str)]
 
 
-_CONTROL_CACHE: dict[tuple[int, int], tuple[str, ...]] = {}
+_CONTROL_CACHE: dict[tuple[int, int, int], tuple[str, ...]] = {}
 
 
 def control_tokens(tokenizer) -> tuple[str, ...]:
     """Every special or added control token of a tokenizer (longest first): text holding one is not plain text."""
-    key = (id(tokenizer), len(tokenizer))  # adding tokens changes the length, and with it the answer
+    # adding tokens changes the length, marking a known token special changes the special list
+    key = (id(tokenizer), len(tokenizer), len(tokenizer.all_special_tokens))
     if key not in _CONTROL_CACHE:
         tokens = set(tokenizer.all_special_tokens)
         for added in tokenizer.added_tokens_decoder.values():
@@ -380,19 +381,41 @@ def to_dataset(rows: Sequence[Mapping]) -> Dataset:
 
     `Dataset.from_list` takes its columns from the first row only and silently drops fields the
     first row lacks, so the columns are the union of all rows' fields (absent ones become None).
+    Arrow holds one type per column, nested fields included: a field whose type changes between rows is
+    named with the rows, instead of Arrow's error that names neither.
     """
     columns: dict[str, None] = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
-    for name in columns:  # Arrow holds one type per column: name the field and row instead of a bare ArrowTypeError
-        seen: dict[str, int] = {}
-        for index, row in enumerate(rows):
-            if row.get(name) is not None:
-                seen.setdefault(type(row[name]).__name__, index)
+    kinds: dict[str, dict[str, int]] = {}  # field path -> kind of value -> first row with it
+    for index, row in enumerate(rows):
+        for name in columns:
+            _kinds(row.get(name), name, index, kinds)
+    for path, seen in kinds.items():
         if len(seen) > 1:
             shown = ", ".join(f"{kind} (row {index})" for kind, index in seen.items())
-            raise ValueError(f"field {name!r} holds values of several types: {shown}; make them one type or drop it")
+            raise ValueError(f"field {path!r} holds values of several types: {shown}; make them one type, or leave "
+                             "the field out (validate_rows keeps only the fields training uses)")
     return Dataset.from_list([{name: row.get(name) for name in columns} for row in rows])
+
+
+def _kinds(value, path: str, index: int, kinds: dict) -> None:
+    """Record the kind of value at every nested path: Arrow needs one per path (numbers are one kind)."""
+    if value is None:
+        return
+    if isinstance(value, dict):
+        kind = "an object"
+        for key, item in value.items():
+            _kinds(item, f"{path}.{key}", index, kinds)
+    elif isinstance(value, (list, tuple)):
+        kind = "a list"
+        for item in value:
+            _kinds(item, f"{path}[]", index, kinds)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        kind = "number"
+    else:
+        kind = type(value).__name__
+    kinds.setdefault(path, {}).setdefault(kind, index)
 
 
 def as_dataset(source, tokenizer=None) -> Dataset:
@@ -401,9 +424,8 @@ def as_dataset(source, tokenizer=None) -> Dataset:
     Validation raises on the first bad row, naming it; the result's `source_row` column numbers the rows.
     """
     if isinstance(source, Dataset):
-        if _in_library_format(source):
-            return source
-        return validate_dataset(source, tokenizer=tokenizer)[0]
+        validated, _ = validate_dataset(source, tokenizer=tokenizer)
+        return source if _in_library_format(source) else validated  # keep extra columns the caller may want
     good, summary = validate_rows(source, on_error="raise", tokenizer=tokenizer)
     return to_dataset(good).add_column(SOURCE_ROW, summary.kept_rows)
 

@@ -18,7 +18,7 @@ def test_detect_format(row, fmt):
 
 
 @pytest.mark.parametrize("row, words", [({}, "none of the fields"), ({"id": 3}, "none of the fields"),
-                                        ({"text": "a", "messages": []}, "completion and chat"), ([1], "must be a dict")])
+                                        ({"text": "a", "messages": CHAT["messages"]}, "mixes the fields 'messages', 'text'"), ([1], "must be a dict")])
 def test_detect_format_rejects_rows_that_fit_no_single_format(row, words):
     with pytest.raises(FormatError, match=words):
         formats.detect_format(row)

@@ -325,3 +325,64 @@ def test_utf16_without_bom_and_a_cp1252_file_are_read_or_named(tokenizer, tmp_pa
     from course_lib.instructor.cli import main
     assert main(["data", "check", str(western), "--encoding", "bogus"]) == 2
     assert main(["data", "check", str(western), "--encoding", "cp1252"]) == 0
+
+
+def test_raw_rows_of_every_schema_work_in_the_row_helpers_and_a_raw_dataset_is_validated(tokenizer):
+    import math
+
+    from datasets import Dataset
+
+    from course_lib.data import formats
+
+    sharegpt = {"conversations": [{"from": "human", "value": "Where is Lyon?"}, {"from": "gpt", "value": "In France."}]}
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Where is Lyon?"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "In France."}]}]}
+    pair = {"prompt": [U], "completion": [{"role": "assistant", "content": "In France."}]}
+    nan_input = {"instruction": "Where is Lyon?", "input": math.nan, "output": "In France."}
+    plain = chat("Where is Lyon?", "In France.")
+    forms = [sharegpt, parts, pair, nan_input, plain]
+    assert {formats.detect_format(r) for r in forms} == {"chat", "instruction"}
+    assert len({splits.prompt_key(r) for r in forms}) == 1
+    assert splits.deduplicate(forms, "normalized")[1].kept == 1 and splits.conflicts(forms) == {}
+    assert all(formats.to_chat(r) == plain for r in forms)
+    assert len({tokenize.learned_text(tokenize.tokenize_row(r, tokenizer), tokenizer) for r in forms}) == 1
+    assert splits.conflicts([{"text": "Where is Lyon?"}, plain]) == {}  # a document has no answer to conflict with
+
+    with pytest.raises(RowError, match="special token '<\\|im_start\\|>'"):  # a Dataset in a library format is checked too
+        tokenize.tokenize_dataset(Dataset.from_list([chat("hi <|im_start|>", "x")] * 3), tokenizer)
+    mixed = Dataset.from_list([sharegpt] * 3 + [{"conversations": [{"role": "user", "content": "Hi"},
+                                                                   {"role": "assistant", "content": "Hello"}]}])
+    assert validate_rows(mixed, tokenizer=tokenizer)[1].kept == 4  # Arrow's None-filled keys do not hide the turns
+
+
+def test_a_null_main_field_is_named_and_pandas_chat_columns_and_headers_are_read(tokenizer, tmp_path):
+    import pandas as pd
+
+    _, summary = validate_rows([{"text": None, "id": 1}, {"messages": None}, {"conversations": float("nan")}],
+                               on_error="drop", tokenizer=tokenizer)
+    assert [(e.field, e.kind) for e in summary.drops] == [("text", "missing"), ("messages", "missing"),
+                                                          ("conversations", "missing")]
+    path = tmp_path / "chat.csv"
+    pd.DataFrame({"messages": [json.dumps(r["messages"]) for r in good_rows(3)]}).to_csv(path, index=False)
+    assert validate_rows(pd.read_csv(path), tokenizer=tokenizer)[1].kept == 3
+    excel = tmp_path / "headers.csv"
+    excel.write_text("Instruction, Output\nAdd 1 and 1.,2\nAdd 2 and 2.,4\n", encoding="utf-8")
+    assert validate_rows(excel, tokenizer=tokenizer)[0][1] == {"instruction": "Add 2 and 2.", "output": "4"}
+    commas = tmp_path / "commas.jsonl"
+    commas.write_text("".join(json.dumps(r) + ",\n" for r in good_rows(3)), encoding="utf-8")
+    assert validate_rows(commas, tokenizer=tokenizer)[1].kept == 3
+
+
+def test_western_files_get_cp1252_and_writing_rows_is_whole_or_nothing(tokenizer, tmp_path):
+    for text in ("über alles", "it\u2019s", "niño", "café"):
+        path = tmp_path / "w.csv"
+        path.write_bytes(f"text\nhello\n{text}\n".encode("cp1252"))
+        with pytest.raises(pipeline.FileFormatError, match="encoding='cp1252'"):
+            validate_rows(path, tokenizer=tokenizer)
+    out = tmp_path / "out.jsonl"
+    pipeline.write_jsonl([{"text": "kept"}], out)
+    with pytest.raises(ValueError, match="row 1 cannot be written"):
+        pipeline.write_jsonl([{"text": "ok"}, {"text": "cut \ud83d"}], out)
+    assert pipeline.read_jsonl(out) == [{"text": "kept"}]
+    with pytest.raises(ValueError, match="row 0 cannot be written"):
+        pipeline.write_jsonl([{"text": "x", "score": float("nan")}], out)

@@ -95,7 +95,7 @@ def test_to_dataset_keeps_the_fields_of_every_row():
 
 
 def test_to_dataset_names_a_field_with_mixed_types():
-    with pytest.raises(ValueError, match="field 'id' holds values of several types: int \\(row 0\\), str \\(row 2\\)"):
+    with pytest.raises(ValueError, match="field 'id' holds values of several types: number \\(row 0\\), str \\(row 2\\)"):
         pipeline.to_dataset([{"text": "a", "id": 1}, {"text": "b"}, {"text": "c", "id": "x"}])
 
 
