@@ -11,11 +11,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from course_lib.data.pipeline import deduplicated
 from course_lib.data.sources import load_rows
 from course_lib.data.splits import (DEFAULT_FRACTIONS, DedupReport, SplitTooSmallError, batch_rows, check_split_sizes,
-                                    conflicts, deduplicate_dataset, prompt_key, split_groups)
-from course_lib.data.tokenize import SOURCE_ROW, tokenize_row
-from course_lib.data.validate import KINDS, DropSummary, default_tokenizer, to_dataset, validate_rows
+                                    prompt_key, split_groups)
+from course_lib.data.tokenize import tokenize_row
+from course_lib.data.validate import KINDS, DropSummary, default_tokenizer, validate_rows
 
 
 @dataclass
@@ -122,13 +123,8 @@ def check_data(source, tokenizer=None, file_format: str = "auto", encoding: str 
     result = DataCheck(rows.name, summary, max_length=max_length, origins=origins)
     if not good:
         return result
-    dataset = to_dataset(good).add_column(SOURCE_ROW, summary.kept_rows)
-    for mode in dedup:
-        dataset, report = deduplicate_dataset(dataset, mode)
-        result.dedup.append(report)
+    dataset, result.dedup, result.conflicts = deduplicated(good, summary, dedup)
     kept = batch_rows(dataset.to_dict())
-    names = dataset[SOURCE_ROW]
-    result.conflicts = [[names[i] for i in group] for group in conflicts(kept).values()]
     result.lengths = [len(tokenize_row(row, tokenizer)["input_ids"]) for row in kept]
     keys = [prompt_key(row) for row in kept]
     fractions = dict(fractions or DEFAULT_FRACTIONS)

@@ -93,6 +93,21 @@ class Prepared:
         printer.text(str(self))
 
 
+def deduplicated(good: Sequence[dict], summary: DropSummary, modes: Sequence[str]) -> tuple:
+    """Validated rows as a Dataset named by input row, deduplicated by each mode: (dataset, DedupReports, conflicts).
+
+    Conflicts are groups of input rows that ask one prompt with different answers.
+    """
+    dataset = to_dataset(good).add_column(SOURCE_ROW, summary.kept_rows)
+    reports = []
+    for mode in modes:
+        dataset, report = deduplicate_dataset(dataset, mode)
+        reports.append(report)
+    names = dataset[SOURCE_ROW]
+    clashes = [[names[i] for i in group] for group in conflicts(batch_rows(dataset.to_dict())).values()]
+    return dataset, reports, clashes
+
+
 def prepare(rows, tokenizer, max_length: int = 256, truncation: bool = True, fmt: str | None = None,
             dedup: Sequence[str] = ("exact", "normalized"), fractions: Mapping[str, float] | None = None,
             seed: int = 0, on_error: str = "drop") -> Prepared:
@@ -104,14 +119,7 @@ def prepare(rows, tokenizer, max_length: int = 256, truncation: bool = True, fmt
                                   max_length=max_length, truncation=truncation)
     if not good:
         raise ValueError(f"no valid rows left:\n{summary}")
-    dataset = to_dataset(good).add_column(SOURCE_ROW, summary.kept_rows)
-    reports = []
-    for mode in dedup:
-        dataset, report = deduplicate_dataset(dataset, mode)
-        reports.append(report)
-    kept_rows = batch_rows(dataset.to_dict())
-    names = dataset[SOURCE_ROW]
-    clashes = [[names[i] for i in group] for group in conflicts(kept_rows).values()]
+    dataset, reports, clashes = deduplicated(good, summary, dedup)
     try:
         splits = split_dataset(dataset, fractions, seed)
     except SplitTooSmallError as error:
