@@ -44,6 +44,25 @@ def tiny_llama(tokenizer):
     return LlamaForCausalLM(config)
 
 
+@pytest.fixture
+def tied_llama(tiny_llama):
+    """The tiny Llama with its output layer tied to the embeddings, as in every SmolLM2, and weights of a trained
+    model's scale (its logits reach about ±6): for checks of exported files, where rounding must show."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(tiny_llama)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # weights ten times the init's, so that logits are as large as a trained model's
+        for param in model.parameters():
+            if param.ndim == 2:
+                param.normal_(0.0, 0.2, generator=generator)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def course(tmp_path_factory):
     """One nbgrader course holding every solution notebook, shared by all grading tests of a worker; the xdist

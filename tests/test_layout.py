@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "course_lib"
 SUBPACKAGES = ("core", "data", "lora", "qlora", "training", "evaluation", "deployment", "scaling", "fast", "instructor")
 TEACHING = tuple(p for p in SUBPACKAGES if p != "instructor")
-LAZY_ANYWHERE = {"bitsandbytes", "liger_kernel", "matplotlib", "nbgrader"}
+LAZY_ANYWHERE = {"bitsandbytes", "liger_kernel", "matplotlib", "nbgrader", "llama_cpp", "openai", "httpx"}
 LAZY_IN_CORE = {"torch", "transformers", "datasets", "numpy", "huggingface_hub", "gguf", "safetensors", "tqdm",
                 "ipywidgets", "IPython"}
 

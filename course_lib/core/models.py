@@ -123,6 +123,15 @@ def _missing_message(spec: ModelSpec, why: str) -> str:
     return " ".join(lines)
 
 
+def shipped_gguf(name: str = "default") -> Path | None:
+    """The GGUF file a packaged model was shipped in, when it loads from that package here (None on the hub)."""
+    spec = find_spec(name)
+    if spec is None or spec.gguf_file is None or model_source(spec) != "package":
+        return None
+    folder = package_dir(spec)
+    return None if folder is None else folder / spec.gguf_file
+
+
 def converted_dir(spec: ModelSpec) -> Path:
     """Folder holding the safetensors conversion of a GGUF-shipped model (created on first use)."""
     pkg_version = version(spec.package_pip) if spec.package_pip else "0"

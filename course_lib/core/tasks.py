@@ -158,6 +158,15 @@ def make_splits(n_train: int = 400, n_val: int = 50, n_test: int = 100, seed: in
     }
 
 
+def answer_schema() -> dict:
+    """The JSON schema every answer matches: the four keys, no others; age an integer, the rest text; null if absent."""
+    text_or_null = {"type": ["string", "null"]}
+    return {"type": "object",
+            "properties": {"name": text_or_null, "age": {"type": ["integer", "null"]}, "city": text_or_null,
+                           "job": text_or_null},
+            "required": list(FIELDS), "additionalProperties": False}
+
+
 def prompt_messages(example: Example) -> list[dict]:
     """The chat messages that ask for the answer: the instruction as system turn, the text as user turn."""
     return [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": example.text}]

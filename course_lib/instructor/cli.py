@@ -38,6 +38,7 @@ from course_lib.core.models import (
 from course_lib.core.runtime import detect_device, get_profile, in_colab, quiet
 from course_lib.data.check import check_data
 from course_lib.data.sources import FILE_FORMATS, FileFormatError
+from course_lib.deployment.gguf_runtime import SERVE_EXTRA, cpu_has_amx, llama_cpp_available
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.grading import CELL_TIMEOUT_S, leaked_markers, notebook_json, release
 from course_lib.instructor.sandbox import Limits, layers
@@ -90,6 +91,11 @@ def doctor_command(_args: argparse.Namespace) -> int:
         console.print(f"bitsandbytes {bitsandbytes.__version__}: {BNB_BACKEND} backend, NF4 round trip ok")
     except Exception as error:  # any failure here means QLoRA cannot run
         problems.append(f"bitsandbytes cannot quantize on {device.type}: {error}")
+    if llama_cpp_available():
+        console.print(f"llama.cpp (serve extra): llama-cpp-python {metadata.version('llama-cpp-python')}"
+                      f"{', AMX CPU: extra buffers off' if cpu_has_amx() else ''}")
+    else:
+        console.print(f"llama.cpp (serve extra): not installed, notebook 06 skips sections 14-16. {SERVE_EXTRA}")
     for key in (DEFAULT_CAUSAL, DEFAULT_ENCODER):
         line = describe_source(key)
         try:

@@ -15,6 +15,12 @@ TEACHES = {
     "read_card_facts": "read a model card's YAML header safely (safe_load) for base model, revision, license and metric",
     "adapter_num_params": "size an adapter from its config: r·(in + out) per targeted layer plus the biases peft's bias "
                           "mode trains",
+    "to_gguf_tensor": "export a tensor to GGUF: its name from the gguf package's table, q and k rows reordered from "
+                      "HF's rotary halves to llama.cpp's interleaved pairs, each with its own head count",
+    "choose_gguf_type": "pick the GGUF type to ship from the measured table: the smallest file within a size and a "
+                        "quality budget, or none",
+    "answer_request": "ask an OpenAI-compatible endpoint for schema-constrained JSON: greedy, bounded, and a JSON schema "
+                      "that accepts every right answer and rejects wrong shapes",
 }
 
 MISTAKES = [
@@ -83,4 +89,54 @@ MISTAKES = [
     Mistake('06-no-bias', STEM, 'adapter_num_params', "typical", 'adapter size without the trained biases',
             old='if has_bias and (bias == "all"',
             new='if False and (bias == "all"'),
+    Mistake('06-gguf-library', STEM, 'to_gguf_tensor', "library", "the course's gguf_export.gguf_tensor_name and "
+            "permute_for_rope",
+            new='    from course_lib.deployment import gguf_export\n'
+                '    name = gguf_export.gguf_tensor_name(hf_name, n_blocks)\n'
+                '    heads = {"attn_q.weight": n_head, "attn_k.weight": n_kv_head}.get(name.split(".", 2)[-1])\n'
+                '    return name, weight if heads is None else gguf_export.permute_for_rope(weight, heads)\n'),
+    Mistake('06-gguf-no-permute', STEM, 'to_gguf_tensor', "typical", "renames the tensors but keeps HF's rotary "
+            "layout: the file loads and answers nonsense",
+            old='    if heads is not None:',
+            new='    if False:'),
+    Mistake('06-gguf-k-with-q-heads', STEM, 'to_gguf_tensor', "typical", "reorders k_proj with the query head count "
+            "(wrong under grouped-query attention)",
+            old='"attn_k.weight": n_kv_head}',
+            new='"attn_k.weight": n_head}'),
+    Mistake('06-gguf-transpose-halves', STEM, 'to_gguf_tensor', "typical", "interleaves over the whole matrix instead "
+            "of head by head",
+            old='weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])',
+            new='weight.reshape(1, 2, rows // 2, *weight.shape[1:])'),
+    Mistake('06-choose-library', STEM, 'choose_gguf_type', "library", "returns the course's gguf_export.choose_type",
+            new='    from course_lib.deployment import gguf_export\n'
+                '    return gguf_export.choose_type(rows, merged_exact_match, max_mb, max_drop)\n'),
+    Mistake('06-choose-smallest', STEM, 'choose_gguf_type', "typical", "picks the smallest file within the size budget, "
+            "whatever it loses",
+            old='r["size_mb"] <= max_mb and merged_exact_match - r["exact_match"] <= max_drop + 1e-12',
+            new='r["size_mb"] <= max_mb'),
+    Mistake('06-choose-absolute', STEM, 'choose_gguf_type', "typical", "reads max_drop as a minimum exact match instead "
+            "of the loss against the merged model",
+            old='merged_exact_match - r["exact_match"] <= max_drop + 1e-12',
+            new='r["exact_match"] >= max_drop'),
+    Mistake('06-choose-best', STEM, 'choose_gguf_type', "typical", "ships the best-scoring file that fits instead of the "
+            "smallest",
+            old='key=lambda r: (r["size_mb"], -r["exact_match"])',
+            new='key=lambda r: (-r["exact_match"], r["size_mb"])'),
+    Mistake('06-request-library', STEM, 'answer_request', "library", "the course's gguf_runtime.chat_request with "
+            "tasks.answer_schema",
+            new='    return gguf_runtime.chat_request(messages, "smollm2-json", max_tokens, tasks.answer_schema())\n'),
+    Mistake('06-request-open-schema', STEM, 'answer_request', "typical", "a schema that allows extra keys",
+            old='"additionalProperties": False}',
+            new='}'),
+    Mistake('06-request-age-number', STEM, 'answer_request', "typical", "age as any number, so 41.5 passes",
+            old='"age": {"type": ["integer", "null"]}',
+            new='"age": {"type": ["number", "null"]}'),
+    Mistake('06-request-no-required', STEM, 'answer_request', "typical", "no required keys: an answer missing a field "
+            "passes",
+            old='"required": ["name", "age", "city", "job"], ',
+            new=''),
+    Mistake('06-request-sampling', STEM, 'answer_request', "typical", "samples at temperature 0.7 instead of greedy "
+            "decoding",
+            old='"temperature": 0,',
+            new='"temperature": 0.7,'),
 ]
