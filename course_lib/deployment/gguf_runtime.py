@@ -10,7 +10,6 @@ import atexit
 import contextlib
 import ctypes
 import importlib.util
-import json
 import os
 import signal
 import socket
@@ -22,7 +21,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -298,16 +297,6 @@ def chat_request(messages: Sequence[dict], model: str = "course-model", max_toke
     if schema is not None:
         request["response_format"] = {"type": "json_object", "schema": schema}
     return request
-
-
-def parse_failures(replies: Sequence[str], parse: Callable[[str], object]) -> float:
-    """The fraction of replies that `parse` cannot read (returns None for)."""
-    return sum(parse(r) is None for r in replies) / len(replies) if replies else 0.0
-
-
-def describe_schema(schema: dict) -> str:
-    """A schema as one compact line, for printing."""
-    return json.dumps(schema, separators=(",", ":"))
 
 
 def _serve() -> None:
