@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 
 
@@ -15,6 +17,16 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_command = [line for block in _readme_commands() for line in block.splitlines() if "pytest" in line]
     assert len(test_command) == 1, "the README must hold exactly one test command"
     assert test_command[0].strip() in (REPO / ".ci" / "run").read_text()
+
+
+@pytest.mark.xdist_group("group-check")
+def test_xdist_groups_take_effect(request):
+    """The hostile class, the graded class and the browser each build one costly fixture for a group of tests on
+    one worker; a pytest that pytest-xdist cannot group (9.2 and 3.8) would spread them and build each twice."""
+    if getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@group-check"), (
+            f"pytest-xdist did not group {request.node.nodeid}: this pytest and pytest-xdist disagree on node ids "
+            "(see the pins of pyproject's dev extra)")
 
 
 def test_course_doctor_passes_on_this_install():

@@ -22,7 +22,8 @@ from tests.instructor.tiny_assignment import FULL, STEM, TINY, solution, wrong_i
 LIMITS = Limits(memory_bytes=4 * 2**30)
 ZERO = {"test_add": 0.0, "test_is_even": 0.0}
 HOSTILE_HTML = "<script>alert(1)</script><img src=x onerror=alert(2)>"
-pytestmark = pytest.mark.grading
+# one worker grades the class once: under xdist a module fixture is built again on every worker that runs the module
+pytestmark = [pytest.mark.grading, pytest.mark.xdist_group("graded_class")]
 
 
 def _write(path: Path, nb) -> Path:

@@ -9,7 +9,11 @@ import json
 
 from tests.helpers import REPO, SOLUTIONS
 
-STUDENT = sorted((REPO / "notebooks").glob("*.ipynb"))
+# Every blank notebook's graded cells carry the `raises-exception` tag (test_committed) and run to the end under
+# nbgrader with only their test cells failing (test_grading's blank round trip). What that leaves to show is that
+# papermill and JupyterLab's Run All honour the tag, which one notebook shows as well as eight: 01, quick to run,
+# with five failing exercises to go past.
+STUDENT = [REPO / "notebooks" / "01_data_formatting.ipynb"]
 
 
 @pytest.mark.notebook

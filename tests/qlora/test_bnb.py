@@ -91,7 +91,11 @@ def test_finetune_qlora_refuses_an_unquantized_model(tiny_llama, tokenizer):
 def test_unknown_model_name_says_what_is_missing(monkeypatch):
     from course_lib.core.models import ModelNotAvailable
 
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once at import; without this the test waits ~45 s on network retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelNotAvailable, match="4 bits"):
         bnb.load_4bit("smollm2-1.7b", device="cpu")
 
