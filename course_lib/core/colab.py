@@ -14,14 +14,19 @@ one call and prints one line. Locally and offline nothing here runs.
 from __future__ import annotations
 
 import os
+import re
 
 # ---------------------------------------------------------------------------------------------------------------
-# PLACEHOLDER: the real GitHub owner/name of the course repository is not known yet. Every badge, Colab link and
-# Colab install command is generated from these two constants; change them here and run `python -m
-# course_lib.instructor.badges --write solutions/*.ipynb` then `course release`.
-REPO_SLUG = "fine-tuning-course/course"
+# The course's own address is a placeholder until an instructor publishes a copy: `course release --repo OWNER/NAME`
+# (or a git remote `origin` on GitHub) writes the real one into every badge and Colab install line, and `course
+# doctor` warns while the notebooks still carry this one.
+PLACEHOLDER_SLUG = "fine-tuning-course/course"
+REPO_SLUG = PLACEHOLDER_SLUG  # what the functions below use when not given an address
 BRANCH = "main"
 # ---------------------------------------------------------------------------------------------------------------
+SLUG = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+GITHUB_REMOTE = re.compile(r"^(?:https://(?:[^@/]+@)?github\.com/|ssh://git@github\.com/|git@github\.com:)"
+                           r"(?P<slug>[^/]+/[^/]+?)(?:\.git)?/?$")
 
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BOOTSTRAP_MARK = "# Colab: install course_lib"  # the first line of the generated setup lines, to find them again
@@ -32,30 +37,54 @@ BYTES_PER_PARAM_FULL_FT = 16  # mixed-precision Adam: bf16 weights and grads, fp
 HEADROOM = 0.7  # leave 30% of the GPU for activations, the CUDA context and the allocator's slack
 
 
-def repo_url() -> str:
+def check_slug(slug: str) -> str:
+    """`slug` if it is a GitHub OWNER/NAME, else a ValueError that says what is expected."""
+    if not SLUG.match(slug or "") or slug.endswith((".git", ".")):
+        raise ValueError(f"{slug!r} is not a GitHub repository address: expected OWNER/NAME, e.g. my-school/llm-course")
+    return slug
+
+
+def slug_from_remote(url: str) -> str | None:
+    """OWNER/NAME of a git remote URL on GitHub (https, ssh or scp form), or None for any other remote."""
+    found = GITHUB_REMOTE.match(url.strip())
+    if not found:
+        return None
+    try:
+        return check_slug(found["slug"])
+    except ValueError:
+        return None
+
+
+def repo_url(slug: str | None = None) -> str:
     """The repository's address on GitHub."""
-    return f"https://github.com/{REPO_SLUG}"
+    return f"https://github.com/{slug or REPO_SLUG}"
 
 
-def colab_url(path: str) -> str:
+def colab_url(path: str, slug: str | None = None) -> str:
     """The Colab link that opens `path` (relative to the repository root) from GitHub."""
     path = path.lstrip("/")
     if not path.endswith(".ipynb"):
         raise ValueError(f"{path!r} is not a notebook path (expected *.ipynb)")
-    return f"https://colab.research.google.com/github/{REPO_SLUG}/blob/{BRANCH}/{path}"
+    return f"https://colab.research.google.com/github/{slug or REPO_SLUG}/blob/{BRANCH}/{path}"
 
 
-def badge_markdown(path: str) -> str:
+def slug_of_colab_url(url: str) -> str | None:
+    """OWNER/NAME of a Colab link that colab_url wrote, or None."""
+    found = re.match(r"https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/", url)
+    return found[1] if found else None
+
+
+def badge_markdown(path: str, slug: str | None = None) -> str:
     """The "Open in Colab" badge for the notebook at `path`, as Markdown."""
-    return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(path)})"
+    return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(path, slug)})"
 
 
-def install_requirement() -> str:
+def install_requirement(slug: str | None = None) -> str:
     """What pip installs on Colab: this repository's package at BRANCH."""
-    return f"course-lib @ git+{repo_url()}@{BRANCH}"
+    return f"course-lib @ git+{repo_url(slug)}@{BRANCH}"
 
 
-def bootstrap_code() -> str:
+def bootstrap_code(slug: str | None = None) -> str:
     """The first lines of every setup cell: on Colab they install course_lib (keeping Colab's torch) when missing."""
     # Pinning torch to the version already installed makes pip keep Colab's CUDA build, or fail with a clear
     # conflict, instead of silently downloading a 2 GB CPU wheel. It never runs outside Colab.
@@ -63,7 +92,7 @@ def bootstrap_code() -> str:
         f"{BOOTSTRAP_MARK} once, keeping Colab's own torch. Elsewhere these lines do nothing.\n"
         "import importlib.metadata, importlib.util, os, subprocess, sys\n"
         'if "COLAB_RELEASE_TAG" in os.environ and importlib.util.find_spec("course_lib") is None:\n'
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{install_requirement()}",\n'
+        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{install_requirement(slug)}",\n'
         "                    f\"torch=={importlib.metadata.version('torch')}\"], check=True)"
     )
 

@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from course_lib import __version__
+from course_lib.core.colab import PLACEHOLDER_SLUG
 from course_lib.core.models import (
     DEFAULT_CAUSAL,
     DEFAULT_ENCODER,
@@ -39,6 +40,7 @@ from course_lib.core.runtime import detect_device, get_profile, in_colab, quiet
 from course_lib.data.check import check_data
 from course_lib.data.sources import FILE_FORMATS, FileFormatError
 from course_lib.deployment.gguf_runtime import SERVE_EXTRA, cpu_has_amx, llama_cpp_available
+from course_lib.instructor import badges
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.grading import CELL_TIMEOUT_S, leaked_markers, notebook_json, release
 from course_lib.instructor.sandbox import Limits, layers
@@ -47,6 +49,8 @@ console = Console()
 REPO = Path(__file__).resolve().parents[2]  # the repository: course_lib/instructor/cli.py
 # The kernel's own start-up warnings (e.g. about TCP transport on localhost) teach a learner nothing.
 QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+PLACEHOLDER_WARNING = (f"the Colab badges and install lines point to the placeholder github.com/{PLACEHOLDER_SLUG}: "
+                       "run `course release --repo OWNER/NAME` with your copy's address")
 
 
 def _requirements() -> dict[str, str]:
@@ -103,6 +107,8 @@ def doctor_command(_args: argparse.Namespace) -> int:
             console.print(f"model {line}")
         except ModelNotAvailable as error:
             problems.append(str(error))
+    if badges.carried_slug(REPO / "solutions") == PLACEHOLDER_SLUG:
+        console.print(f"[yellow]warning:[/yellow] {PLACEHOLDER_WARNING}")
     missing = {name: why for name, why in layers().items() if why}
     console.print("grading sandbox: " + ("every layer available" if not missing else
                                          "[yellow]missing " + "; ".join(f"{n} ({w})" for n, w in missing.items())
@@ -181,11 +187,22 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def release_command(args: argparse.Namespace) -> int:
-    """Generate the student notebooks in notebooks/ from solutions/ with nbgrader."""
+    """Point every badge and Colab install line at the course's repository, then generate notebooks/ from solutions/."""
 
-    written = release(Path(args.solutions), Path(args.notebooks))
-    for path in written:
+    solutions = Path(args.solutions)
+    try:
+        slug, source = badges.choose_slug(args.repo, solutions)
+        refreshed = [path for path in sorted(solutions.glob("*.ipynb")) if badges.apply(path, slug)]
+    except ValueError as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        return 2
+    for path in refreshed:
+        console.print(f"badge and Colab install line now point to github.com/{slug}: {path}")
+    for path in release(solutions, Path(args.notebooks)):
         console.print(f"released {path}")
+    console.print(f"repository: github.com/{slug} (from {source})")
+    if slug == PLACEHOLDER_SLUG:
+        console.print(f"[yellow]{PLACEHOLDER_WARNING}[/yellow]")
     return 0
 
 
@@ -220,6 +237,8 @@ def grade_command(args: argparse.Namespace) -> int:
             return 2
     # nbgrader's gradebook warns about its own session handling on every student: nothing an instructor can act on
     warnings.filterwarnings("ignore", message=".*not in session.*")
+    if badges.carried_slug(REPO / "solutions") == PLACEHOLDER_SLUG:
+        console.print(f"[yellow]warning:[/yellow] {PLACEHOLDER_WARNING}")
     missing = {name: why for name, why in layers().items() if why}
     if "namespaces" in missing:
         console.print(f"[red]cannot grade here: the sandbox needs Linux namespaces ({missing['namespaces']})[/red]")
@@ -282,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=func.__doc__)
         p.add_argument("--solutions", default=str(REPO / "solutions"))
         p.add_argument("--notebooks", default=str(REPO / "notebooks"))
+        if name == "release":
+            p.add_argument("--repo", metavar="OWNER/NAME", help="the GitHub repository learners open the notebooks "
+                           "from (default: the git remote origin, else the address the notebooks carry)")
         p.set_defaults(func=func)
     data = sub.add_parser("data", help="check your own data").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help=data_check_command.__doc__)

@@ -110,3 +110,23 @@ def test_start_on_colab_uses_the_model_that_fits_the_gpu(capsys, monkeypatch):
 
     assert find_spec("default").key == "smollm2-360m"
     runtime.set_profile(None)
+
+
+@pytest.mark.parametrize("remote, slug", [
+    ("git@github.com:school/llm-course.git", "school/llm-course"),
+    ("https://github.com/school/llm-course", "school/llm-course"),
+    ("https://github.com/school/llm-course.git/", "school/llm-course"),
+    ("https://token@github.com/school/llm.course.git", "school/llm.course"),
+    ("ssh://git@github.com/school/course.git", "school/course"),
+    ("https://gitlab.com/school/course.git", None),
+    ("/srv/git/course", None),
+    ("https://github.com/school", None),
+])
+def test_the_repository_address_is_read_from_a_github_remote_only(remote, slug):
+    assert colab.slug_from_remote(remote) == slug
+
+
+@pytest.mark.parametrize("bad", ["", "school", "school/", "/course", "a b/c", "school/course.git", "x/y/z"])
+def test_an_address_that_is_not_owner_slash_name_is_refused(bad):
+    with pytest.raises(ValueError, match="OWNER/NAME"):
+        colab.check_slug(bad)

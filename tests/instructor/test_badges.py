@@ -48,3 +48,48 @@ def test_check_command_fails_on_a_notebook_without_badge(tmp_path, capsys):
     assert "has no badge" in capsys.readouterr().out
     assert badges.main(["--write", str(path)]) == 0
     assert badges.main([str(path)]) == 0
+
+
+def _git_repo(folder, origin=None):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(folder)], check=True)
+    if origin:
+        subprocess.run(["git", "-C", str(folder), "remote", "add", "origin", origin], check=True)
+
+
+def test_release_takes_the_address_from_repo_then_origin_then_the_notebooks(tmp_path, capsys):
+    from course_lib.instructor import cli
+
+    _git_repo(tmp_path, origin="git@github.com:school/llm-course.git")
+    solutions, notebooks = tmp_path / "solutions", tmp_path / "notebooks"
+    solutions.mkdir()
+    path = _notebook(solutions)
+    args = ["release", "--solutions", str(solutions), "--notebooks", str(notebooks)]
+    assert cli.main(args) == 0  # no --repo: the git remote origin
+    released = (notebooks / path.name).read_text()
+    assert released.count("school/llm-course") == 2 and colab.PLACEHOLDER_SLUG not in released
+    assert "from the git remote origin" in capsys.readouterr().out
+    assert cli.main(args + ["--repo", "other-school/course"]) == 0
+    assert (notebooks / path.name).read_text().count("other-school/course") == 2
+    assert badges.slug_of(path) == "other-school/course"  # solutions/ carries it too: the next release keeps it
+    assert cli.main(args + ["--repo", "not a repository"]) == 2
+    assert "expected OWNER/NAME" in capsys.readouterr().out
+    assert badges.slug_of(path) == "other-school/course"  # a refused address changes nothing
+
+
+def test_release_without_remote_keeps_the_address_the_notebooks_carry_and_warns_on_the_placeholder(tmp_path, capsys):
+    from course_lib.instructor import cli
+
+    _git_repo(tmp_path, origin="/srv/git/course")  # a remote that is not on GitHub says nothing of the address
+    solutions, notebooks = tmp_path / "solutions", tmp_path / "notebooks"
+    solutions.mkdir()
+    path = _notebook(solutions)
+    args = ["release", "--solutions", str(solutions), "--notebooks", str(notebooks)]
+    assert cli.main(args) == 0
+    assert "placeholder" in capsys.readouterr().out and badges.slug_of(path) == colab.PLACEHOLDER_SLUG
+    badges.apply(path, "kept/address")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "from the notebooks' badges" in out and "placeholder" not in out
+    assert badges.slug_of(notebooks / path.name) == "kept/address"
