@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from course_lib.core.progress import progress_bar
 from transformers import StoppingCriteria
 
 from course_lib.data.tokenize import pad_batch
@@ -122,7 +122,7 @@ def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | N
     if not settings.greedy:
         torch.manual_seed(settings.seed)
     batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2, leave=False):
+    for start in progress_bar(batches, desc="generating", disable=not progress or len(batches) < 2, leave=False):
         idx = order[start : start + batch_size]
         rows = [{"input_ids": encoded[i], "attention_mask": [1] * len(encoded[i])} for i in idx]
         batch = {k: v.to(device) for k, v in pad_batch(rows, pad_id, "left").items()}

@@ -17,7 +17,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
-from tqdm.auto import tqdm
+from course_lib.core.progress import progress_bar
 
 from course_lib.core.tasks import FIELDS
 from course_lib.data.tokenize import IGNORE_INDEX, pad_batch
@@ -123,7 +123,7 @@ def perplexity(model, rows: Sequence[dict], batch_size: int = 8, progress: bool 
     model.eval()
     total, count = 0.0, 0
     starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, desc="perplexity", disable=not progress or len(starts) < 2, leave=False):
+    for start in progress_bar(starts, desc="perplexity", disable=not progress or len(starts) < 2, leave=False):
         chunk = []
         for row in rows[start : start + batch_size]:
             chunk.append({"input_ids": list(row["input_ids"]), "labels": list(row["labels"]),

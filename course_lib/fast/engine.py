@@ -35,7 +35,7 @@ import time
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from course_lib.core.progress import progress_bar
 from transformers import get_scheduler
 
 from course_lib.core.results import NonFiniteLossError, TrainResult
@@ -332,4 +332,4 @@ def _progress_bar(progress: bool, total: int, desc: str):
     if not progress:
         return None
 
-    return tqdm(total=total, desc=desc, leave=True, disable=not widgets_enabled())
+    return progress_bar(total=total, desc=desc, leave=True, disable=not widgets_enabled())

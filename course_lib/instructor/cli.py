@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from course_lib.core.models import (
     package_dir,
     resolve,
 )
+from course_lib.core.progress import TEXT_PROGRESS
 from course_lib.core.runtime import detect_device, get_profile, in_colab, quiet
 from course_lib.data.check import check_data
 from course_lib.data.sources import FILE_FORMATS, FileFormatError
@@ -43,6 +45,7 @@ from course_lib.deployment.gguf_runtime import SERVE_EXTRA, cpu_has_amx, llama_c
 from course_lib.instructor import badges
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.grading import CELL_TIMEOUT_S, leaked_markers, notebook_json, release
+from course_lib.instructor.run_progress import RunProgress, code_cells
 from course_lib.instructor.sandbox import Limits, layers
 
 console = Console()
@@ -151,36 +154,45 @@ def prepare_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Execute notebooks headless with papermill; write executed copies and HTML under build/."""
+    """Execute notebooks headless with papermill, showing each one's progress; write executed copies and HTML."""
 
     sources = [Path(p) for p in args.notebooks] or sorted((REPO / "solutions").glob("*.ipynb"))
     out = Path(args.output)
     (out / "executed").mkdir(parents=True, exist_ok=True)
     (out / "html").mkdir(parents=True, exist_ok=True)
     rows = []
-    for source in sources:
-        executed = out / "executed" / source.name
-        started = time.perf_counter()
-        status = "ok"
-        console.print(f"running {source.name} (profile {args.profile}) ...")
-        try:
-            papermill.execute_notebook(
-                str(source), str(executed), parameters={"PROFILE": args.profile},
-                progress_bar=False, kernel_name="python3", cwd=str(source.parent),
-                extra_arguments=QUIET_KERNEL,
-            )
-        except Exception as error:  # papermill raises PapermillExecutionError with the failing cell
-            status = f"failed: {str(error).strip().splitlines()[-1][:120]}"
-        seconds = time.perf_counter() - started
-        if executed.exists():
-            body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
-            (out / "html" / f"{source.stem}.html").write_text(body, encoding="utf-8")
-        rows.append((source.name, status, seconds))
+    before = os.environ.get(TEXT_PROGRESS)
+    os.environ[TEXT_PROGRESS] = "text"  # the kernels' bars print a text line that the progress display shows
+    try:
+        with RunProgress(console) as shown:
+            for source in sources:
+                executed = out / "executed" / source.name
+                started = time.perf_counter()
+                status = "ok"
+                cells = code_cells(nbformat.read(source, as_version=4)) + 1  # papermill adds the parameters cell
+                shown.notebook(source.name, cells)
+                try:
+                    papermill.execute_notebook(
+                        str(source), str(executed), parameters={"PROFILE": args.profile},
+                        progress_bar=False, kernel_name="python3", cwd=str(source.parent),
+                        extra_arguments=QUIET_KERNEL, stderr_file=shown,
+                        on_cell_start=shown.cell_started, on_cell_executed=shown.cell_finished,
+                    )
+                except Exception as error:  # papermill raises PapermillExecutionError with the failing cell
+                    status = f"failed: {str(error).strip().splitlines()[-1][:120]}"
+                shown.done(status)
+                seconds = time.perf_counter() - started
+                if executed.exists():
+                    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+                    (out / "html" / f"{source.stem}.html").write_text(body, encoding="utf-8")
+                rows.append((source.name, status, seconds))
+    finally:
+        os.environ.pop(TEXT_PROGRESS) if before is None else os.environ.update({TEXT_PROGRESS: before})
     table = Table(title=f"course run, profile {args.profile}")
     for column in ("notebook", "status", "wall time"):
         table.add_column(column)
     for name, status, seconds in rows:
-        table.add_row(name, status if status == "ok" else f"[red]{status}[/red]", f"{seconds:.0f} s")
+        table.add_row(name, status if status == "ok" else f"[red]{escape(status)}[/red]", f"{seconds:.0f} s")
     console.print(table)
     console.print(f"executed notebooks: {out / 'executed'}   HTML: {out / 'html'}")
     return 0 if all(status == "ok" for _, status, _ in rows) else 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from tqdm.auto import tqdm
+from course_lib.core.progress import progress_bar
 
 from course_lib.data.tokenize import ChatCollator, tokenize_chat
 from course_lib.lora.layer import LoRALinear, copy_lora_from_peft
@@ -56,7 +56,7 @@ def train_steps(model: nn.Module, batches: Sequence[dict], lr: float, desc: str 
     optimizer = torch.optim.AdamW(params, lr=lr)
     model.train()
     losses = []
-    for batch in tqdm(batches, desc=desc, leave=False):
+    for batch in progress_bar(batches, desc=desc, leave=False):
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()

@@ -39,7 +39,7 @@ from peft import LoraConfig, get_peft_model
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from course_lib.core.progress import progress_bar
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from course_lib.core import tasks
@@ -414,7 +414,8 @@ def launch(num_processes: int = 2, config: RunConfig | None = None, progress: bo
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       env.get("PYTHONPATH")]))
     command = launch_command(num_processes, config)
-    bar = tqdm(total=config.steps, desc=f"{config.strategy}/{config.method} on {num_processes}", disable=not progress)
+    bar = progress_bar(total=config.steps, desc=f"{config.strategy}/{config.method} on {num_processes}",
+                       disable=not progress)
     result, log = None, []
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         deadline = time.monotonic() + timeout if timeout else None

@@ -10,7 +10,7 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
+from course_lib.core.progress import progress_bar
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 
@@ -107,7 +107,7 @@ class ProgressBar(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
 
-        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, disable=not self.show)
+        self.bar = progress_bar(total=state.max_steps, initial=state.global_step, desc=self.desc, disable=not self.show)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs:
