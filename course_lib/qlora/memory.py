@@ -41,7 +41,7 @@ GiB = 1024**3
 MiB = 1024**2
 METHODS = ("full", "lora", "qlora")
 PRECISIONS = ("fp32", "bf16", "fp16", "mixed")
-OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "sgd")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
 COMPONENTS = ("weights", "gradients", "optimizer", "activations", "overhead")
 
 # --- constants of the implementations we model (each checked by a test or by validate()) ----------------
@@ -251,7 +251,7 @@ def optimizer_bytes(numels: Iterable[int], optimizer: str, state_dtype_bytes: in
     for n in numels:
         if optimizer == "sgd":
             continue
-        if optimizer == "adamw" or n < OPTIM_8BIT_MIN_SIZE:
+        if "8bit" not in optimizer or n < OPTIM_8BIT_MIN_SIZE:  # bitsandbytes keeps small tensors in fp32
             total += 2 * n * (state_dtype_bytes if optimizer == "adamw" else 4)
         else:  # two uint8 states, each with one float32 scale per 256 values
             total += 2 * (n + 4 * math.ceil(n / OPTIM_8BIT_BLOCK))
@@ -324,7 +324,7 @@ def estimate(config, method: str = "lora", *, batch_size: int, seq_len: int, r: 
     config: a transformers config, a ModelShape, or a model name (its config is read locally).
     method: 'full', 'lora' or 'qlora'. precision: 'fp32', 'bf16', 'fp16' (weights in 16 bits with autocast, what
     the Trainer does with bf16=True on a bf16 model) or 'mixed' (fp32 weights, bf16 autocast); for QLoRA the
-    compute dtype. Default: bf16 on cuda, fp32 on cpu. optimizer: 'adamw', 'adamw_8bit', 'paged_adamw_8bit', 'sgd'.
+    compute dtype. Default: bf16 on cuda, fp32 on cpu. optimizer: 'adamw', 'adamw_8bit', 'paged_adamw_8bit', 'paged_adamw_32bit', 'sgd'.
     """
     shape = shape_of(config)
     targets = tuple(ALL_LINEAR) if targets == "all-linear" else tuple(targets)
@@ -423,6 +423,8 @@ def assumptions(method: str, precision: str, optimizer: str) -> list[str]:
         out.append("AdamW (fused): two states per trainable parameter in its dtype, no temporaries")
     elif "8bit" in optimizer:
         out.append("8-bit AdamW: two uint8 states plus a float32 scale per 256 values (32-bit below 4096 values)")
+    elif optimizer == "paged_adamw_32bit":
+        out.append("32-bit AdamW (the QLoRA paper's): two fp32 states per trainable parameter")
     if optimizer.startswith("paged"):
         out.append("paged optimizer state lives in CUDA unified memory: counted in the total, not by the allocator")
     return out

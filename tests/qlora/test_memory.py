@@ -83,6 +83,8 @@ def test_eight_bit_optimizer_state_by_hand():
     assert memory.optimizer_bytes([1000], "adamw_8bit", 4) == 2 * 4 * 1000  # small tensors keep 32-bit state
     assert memory.optimizer_bytes([1000, 10], "adamw", 2) == 2 * 2 * 1010
     assert memory.optimizer_bytes([1000], "sgd", 4) == 0
+    # the QLoRA paper's paged 32-bit AdamW: fp32 states at any size, even next to bf16 gradients
+    assert memory.optimizer_bytes([8192, 10], "paged_adamw_32bit", 2) == 2 * 4 * 8202
 
 
 def test_paged_state_and_cuda_context_are_outside_the_allocator():
