@@ -71,8 +71,18 @@ class CardRecord:
     metrics: list[dict]  # {"type", "value", "ci95": [lo, hi], "n", "split"}
     intended_use: str
     limitations: str
+    provenance: str  # where the rows came from, under which terms, and whether they hold personal data
+    biases: str  # what the data and the base model are known to over- or under-represent
+    out_of_scope: str  # uses the model must not be put to
     license: str = "apache-2.0"  # the base model's license; a fine-tune inherits it
     tags: list[str] = field(default_factory=lambda: ["lora", "peft", "fine-tuning-course"])
+
+
+RESPONSIBLE_USE = {
+    "provenance": "say where the training rows came from, under which terms, and whether they hold personal data",
+    "biases": "say what the data and the base model over- or under-represent (languages, names, topics)",
+    "out_of_scope": "say which uses the model must not be put to",
+}
 
 
 def card_header(record: CardRecord) -> dict:
@@ -97,6 +107,9 @@ def card_header(record: CardRecord) -> dict:
 def render_card(record: CardRecord) -> str:
     """The model card text: a YAML header, then the sections a reader needs before using the model."""
 
+    for name in RESPONSIBLE_USE:
+        if not str(getattr(record, name)).strip():
+            raise ValueError(f"the card's {name!r} is empty: {RESPONSIBLE_USE[name]}")
     for i, metric in enumerate(record.metrics):
         missing = {"type", "value", "ci95", "n"} - set(metric)
         if missing:
@@ -125,6 +138,8 @@ Fine-tuned from [{record.base.hub_id}](https://huggingface.co/{record.base.hub_i
 
 {record.data}
 
+Provenance: {record.provenance}
+
 ## Evaluation
 
 | metric | split | value | 95% CI | n |
@@ -138,6 +153,12 @@ Fine-tuned from [{record.base.hub_id}](https://huggingface.co/{record.base.hub_i
 ## Limitations
 
 {record.limitations}
+
+## Bias, risks and out-of-scope use
+
+Known biases: {record.biases}
+
+Do not use it for: {record.out_of_scope}
 
 ## License
 
