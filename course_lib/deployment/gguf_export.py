@@ -8,6 +8,7 @@ needs so the file runs with no extra flags.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -246,9 +247,34 @@ def export_gguf(model, tokenizer, path: str | Path, qtype: str = "q8_0", name: s
 def read_back(path: str | Path, dtype=torch.float32):
     """The GGUF file loaded by transformers' own GGUF reader (dequantized): an independent check of the export."""
     path = Path(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    with _parsed_once():
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def _parsed_once():
+    """Let transformers parse each GGUF file once, not once for the config and again for the weights.
+
+    gguf's reader walks every metadata value in Python: the 49k tokens and merges of the course tokenizer take about
+    ten seconds each time. What transformers reads stays the same; only the second parse is skipped.
+    """
+    original = gguf.GGUFReader
+    parsed: dict[tuple[str, float, int], gguf.GGUFReader] = {}
+
+    def reader(path, *args, **kwargs):
+        stat = os.stat(path)
+        key = (os.fspath(path), stat.st_mtime, stat.st_size)
+        if key not in parsed:
+            parsed[key] = original(path, *args, **kwargs)
+        return parsed[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
 
 
 def choose_type(rows: list[dict], merged_exact_match: float, max_mb: float, max_drop: float) -> str | None:

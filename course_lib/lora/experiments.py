@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 from course_lib.core.progress import progress_bar
 
@@ -46,14 +47,16 @@ def make_batches(
     return [collate([rows[j] for j in needed[k : k + batch_size]]) for k in range(0, len(needed), batch_size)]
 
 
-def train_steps(model: nn.Module, batches: Sequence[dict], lr: float, desc: str = "training", seed: int = 0) -> list[float]:
-    """AdamW over the trainable parameters, one step per batch; the loss before each step."""
+def train_steps(model: nn.Module, batches: Sequence[dict], lr: float, desc: str = "training", seed: int = 0,
+                optimizer: torch.optim.Optimizer | None = None) -> list[float]:
+    """AdamW (or the given optimizer) over the trainable parameters, one step per batch; the loss before each step."""
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters: was LoRA injected?")
     torch.manual_seed(seed)  # the same dropout masks for both runs, if there is dropout
-    optimizer = torch.optim.AdamW(params, lr=lr)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(params, lr=lr)
     model.train()
     losses = []
     for batch in progress_bar(batches, desc=desc, leave=False):
@@ -113,6 +116,57 @@ def compare_with_peft(
     ours_losses = train_steps(ours, batches, lr, desc="your LoRA")
     peft_losses = train_steps(theirs, batches, lr, desc="peft LoRA")
     return PeftComparison(ours_losses, peft_losses, tolerance), ours, theirs
+
+
+# --- alpha against the learning rate, over a whole run ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScalingRun:
+    """One LoRA run: the loss before each step, and (alpha / r) B A of its first adapted layer at the end."""
+
+    alpha: float
+    lr_A: float
+    lr_B: float
+    losses: list[float]
+    delta: torch.Tensor
+
+
+def alpha_or_learning_rate(model: nn.Module, batches: Sequence[dict], *, r: int = 8, alpha: float = 8,
+                           lr: float = 1e-3, factor: float = 2.0,
+                           target_modules: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0) -> dict[str, ScalingRun]:
+    """The same LoRA run from the same start with alpha, the learning rate, or only B's learning rate times `factor`.
+
+    Adam without weight decay, so the comparison is exact: scaling alpha by c scales B's gradient by c, which Adam's
+    update ignores, so B moves as far as before and c * B is what a B with c times the learning rate holds. Alpha
+    times c is therefore B's learning rate times c (LoRA+, peft's create_loraplus_optimizer), not both A's and B's.
+    """
+    setups = {f"alpha x{factor:g}": (factor * alpha, lr, 1.0),
+              f"learning rate x{factor:g}": (alpha, factor * lr, 1.0),
+              f"B's learning rate x{factor:g} (LoRA+)": (alpha, lr, factor)}
+    runs = {}
+    for name, (run_alpha, run_lr, ratio) in setups.items():
+        torch.manual_seed(seed)  # the same A in every run (its init does not depend on alpha); B = 0
+        adapted = get_peft_model(copy.deepcopy(model), LoraConfig(r=r, lora_alpha=run_alpha, lora_dropout=0.0,
+                                                                  target_modules=list(target_modules)))
+        optimizer = create_loraplus_optimizer(adapted, torch.optim.AdamW, lr=run_lr, loraplus_lr_ratio=ratio,
+                                              weight_decay=0.0)
+        losses = train_steps(adapted, batches, run_lr, desc=name, seed=seed, optimizer=optimizer)
+        first = next(m for m in adapted.modules() if hasattr(m, "get_delta_weight") and hasattr(m, "lora_A"))
+        with torch.no_grad():
+            delta = first.get_delta_weight("default").detach().clone()
+        runs[name] = ScalingRun(run_alpha, run_lr, run_lr * ratio, losses, delta)
+        del adapted, optimizer
+    return runs
+
+
+def scaling_table(runs: dict[str, ScalingRun]) -> list[list]:
+    """Rows of (run, alpha, lr of A, lr of B, final loss, largest loss gap to the first run, Delta W gap to it)."""
+    first = next(iter(runs.values()))
+    scale = first.delta.abs().max().item()
+    return [[name, run.alpha, run.lr_A, run.lr_B, run.losses[-1],
+             max(abs(a - b) for a, b in zip(run.losses, first.losses)),
+             (run.delta - first.delta).abs().max().item() / scale] for name, run in runs.items()]
 
 
 # --- rsLoRA: how the scaling rule changes learning as the rank grows --------------------------------------

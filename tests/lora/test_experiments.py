@@ -8,9 +8,11 @@ import pytest
 from course_lib.core import tasks
 from course_lib.lora.experiments import (
     LOSS_TOLERANCE,
+    alpha_or_learning_rate,
     compare_with_peft,
     make_batches,
     rank_scaling_experiment,
+    scaling_table,
     train_steps,
 )
 from course_lib.lora.layer import inject_lora, lora_layers
@@ -66,3 +68,16 @@ def test_rank_scaling_experiment_shows_the_rslora_effect():
     assert rs[64][-1] < rs[4][-1] - 0.05
     assert abs(plain[64][-1] - plain[4][-1]) < 0.02
     assert rs[64][-1] < plain[64][-1]
+
+
+def test_doubling_alpha_is_doubling_bs_learning_rate_not_the_learning_rate(tiny_llama, tokenizer):
+    """Over a whole run, with Adam: alpha x2 and LoRA+'s B-only learning rate x2 are one run; lr x2 is another."""
+    batches = make_batches(_convs(), tokenizer, batch_size=2, steps=8)
+    runs = alpha_or_learning_rate(tiny_llama, batches, r=4, alpha=8, lr=1e-2, factor=2.0)
+    (alpha2, _, _, _, _, _, _), (lr2, *_, lr_loss_gap, lr_delta_gap), (b2, *_, b_loss_gap, b_delta_gap) = \
+        scaling_table(runs)
+    assert (alpha2, lr2, b2) == ("alpha x2", "learning rate x2", "B's learning rate x2 (LoRA+)")
+    assert b_delta_gap < 1e-3 and b_loss_gap < 1e-4  # the same run up to Adam's epsilon and rounding
+    assert lr_delta_gap > 0.05  # A moved twice as fast: a different adapter
+    assert runs["alpha x2"].losses[0] == runs["learning rate x2"].losses[0]  # every run starts where the base is
+    assert not any("lora_" in name for name, _ in tiny_llama.named_parameters())  # each run adapted its own copy
