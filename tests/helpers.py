@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))
+
+
+def slow_extra(what: str) -> pytest.MarkDecorator:
+    """Skip a slow extra unless COURSE_SLOW_TESTS=1 (the README says which command runs each)."""
+    return pytest.mark.skipif(os.environ.get("COURSE_SLOW_TESTS") != "1", reason=f"{what}: set COURSE_SLOW_TESTS=1")
 
 
 def solution_cells(stem: str) -> list[dict]:

@@ -11,10 +11,9 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, slow_extra
 
-pytestmark = pytest.mark.skipif(os.environ.get("COURSE_SLOW_TESTS") != "1",
-                                reason="slow: builds the Binder environment from scratch; set COURSE_SLOW_TESTS=1")
+pytestmark = slow_extra("slow: builds the Binder environment from scratch")
 
 
 def _run(command, env, cwd, timeout=1800):

@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
-from course_lib.core.progress import progress_bar
 from transformers import StoppingCriteria
 
+from course_lib.core.progress import progress_bar
 from course_lib.data.tokenize import pad_batch
 
 END_OF_TURN = "<|im_end|>"  # the chat end token of the course's models (ChatML template)

@@ -17,8 +17,8 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
-from course_lib.core.progress import progress_bar
 
+from course_lib.core.progress import progress_bar
 from course_lib.core.tasks import FIELDS
 from course_lib.data.tokenize import IGNORE_INDEX, pad_batch
 

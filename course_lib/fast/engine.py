@@ -35,9 +35,9 @@ import time
 from typing import Sequence
 
 import torch
-from course_lib.core.progress import progress_bar
 from transformers import get_scheduler
 
+from course_lib.core.progress import progress_bar
 from course_lib.core.results import NonFiniteLossError, TrainResult
 from course_lib.core.runtime import quiet, widgets_enabled
 from course_lib.data.tokenize import to_rows

@@ -17,8 +17,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 from torch import nn
-from course_lib.core.progress import progress_bar
 
+from course_lib.core.progress import progress_bar
 from course_lib.data.tokenize import ChatCollator, tokenize_chat
 from course_lib.lora.layer import LoRALinear, copy_lora_from_peft
 

@@ -39,11 +39,11 @@ from peft import LoraConfig, get_peft_model
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.data import DataLoader
-from course_lib.core.progress import progress_bar
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from course_lib.core import tasks
 from course_lib.core.models import ALL_LINEAR, load_causal_lm, load_tokenizer
+from course_lib.core.progress import progress_bar
 from course_lib.core.runtime import quiet
 from course_lib.data.tokenize import pad_batch, tokenize_chat
 

@@ -10,8 +10,9 @@ import math
 import time
 
 import torch
-from course_lib.core.progress import progress_bar
 from transformers import EarlyStoppingCallback, TrainerCallback
+
+from course_lib.core.progress import progress_bar
 
 
 def _train_row(logs: dict, step: int) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, slow_extra
 
 try:
     from playwright.sync_api import sync_playwright
@@ -40,8 +40,7 @@ APT_PACKAGES = ("chromium", "chromium-driver")
 # Running a whole notebook in the browser (00's Run All, 02's slider) costs about 200 s of one CI worker and re-runs
 # what the papermill smoke runs execute; the default run keeps the Validate test, these two run with
 # COURSE_SLOW_TESTS=1 (see the README).
-WHOLE_NOTEBOOK = pytest.mark.skipif(os.environ.get("COURSE_SLOW_TESTS") != "1",
-                                    reason="runs a whole notebook in the browser: set COURSE_SLOW_TESTS=1")
+WHOLE_NOTEBOOK = slow_extra("runs a whole notebook in the browser")
 
 
 def _find_chromium() -> str | None:

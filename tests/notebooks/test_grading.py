@@ -8,10 +8,9 @@ graded cells are those that follow its solution cell, so this file restates no m
 from __future__ import annotations
 
 import json
-import os
 import pytest
 
-from tests.helpers import SOLUTIONS, cell_sources, edited_solution, exercises, points
+from tests.helpers import SOLUTIONS, cell_sources, edited_solution, exercises, points, slow_extra
 from tests.notebooks.mistakes import KINDS, all_mistakes, teaches
 
 
@@ -109,8 +108,7 @@ def test_blank_student_notebook_gets_zero(course, notebook):
 # The first library and the first typical mistake of every exercise are graded on every run. The further typical
 # mistakes of an exercise need one round each (a round can hold one mistake per exercise), which costs CI about as
 # much as all the first ones together: they run with COURSE_SLOW_TESTS=1 (see the README).
-EXTRA = pytest.mark.skipif(os.environ.get("COURSE_SLOW_TESTS") != "1",
-                           reason="a further mistake of an exercise already graded: set COURSE_SLOW_TESTS=1")
+EXTRA = slow_extra("a further mistake of an exercise already graded")
 
 
 @pytest.mark.grading
