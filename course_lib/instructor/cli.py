@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from course_lib.core.runtime import detect_device, get_profile, in_colab, quiet
 from course_lib.data.check import check_data
 from course_lib.data.sources import FILE_FORMATS, FileFormatError
 from course_lib.deployment.gguf_runtime import SERVE_EXTRA, cpu_has_amx, llama_cpp_available
-from course_lib.instructor import badges
+from course_lib.instructor import badges, course_config
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.grading import CELL_TIMEOUT_S, leaked_markers, notebook_json, release
 from course_lib.instructor.run_progress import RunProgress, code_cells
@@ -54,6 +55,8 @@ REPO = Path(__file__).resolve().parents[2]  # the repository: course_lib/instruc
 QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 PLACEHOLDER_WARNING = (f"the Colab badges and install lines point to the placeholder github.com/{PLACEHOLDER_SLUG}: "
                        "run `course release --repo OWNER/NAME` with your copy's address")
+CONFIG_HELP = (f"a TOML file saying which exercises count and for how many points (default: SOLUTIONS/"
+               f"{course_config.DEFAULT_NAME} if it exists, else every exercise at its notebook's points)")
 
 
 def _requirements() -> dict[str, str]:
@@ -188,6 +191,7 @@ def run_command(args: argparse.Namespace) -> int:
                         body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
                     (out / "html" / f"{source.stem}.html").write_text(body, encoding="utf-8")
                 rows.append((source.name, status, seconds))
+                _record_timing(out / "timings.json", args.profile, source.name, status, seconds)
     finally:
         os.environ.pop(TEXT_PROGRESS) if before is None else os.environ.update({TEXT_PROGRESS: before})
     table = Table(title=f"course run, profile {args.profile}")
@@ -200,11 +204,22 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if all(status == "ok" for _, status, _ in rows) else 1
 
 
+def _record_timing(path: Path, profile: str, name: str, status: str, seconds: float) -> None:
+    """Keep each notebook's latest wall time per profile and machine in one JSON file (the guide's timing table)."""
+    machine = f"{detect_device()}, {len(os.sched_getaffinity(0))} CPU cores"
+    found = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    found.setdefault(machine, {}).setdefault(profile, {})[name] = {"status": status, "seconds": round(seconds, 1)}
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    scratch.replace(path)
+
+
 def release_command(args: argparse.Namespace) -> int:
     """Point every badge and Colab install line at the course's repository, then generate notebooks/ from solutions/."""
 
     solutions = Path(args.solutions)
     try:
+        config = _config(args, sorted(solutions.glob("*.ipynb")))
         slug, source = badges.choose_slug(args.repo, solutions)
         refreshed = [path for path in sorted(solutions.glob("*.ipynb")) if badges.apply(path, slug)]
     except ValueError as error:
@@ -212,8 +227,9 @@ def release_command(args: argparse.Namespace) -> int:
         return 2
     for path in refreshed:
         console.print(f"badge and Colab install line now point to github.com/{slug}: {path}")
-    for path in release(solutions, Path(args.notebooks)):
+    for path in release(solutions, Path(args.notebooks), config):
         console.print(f"released {path}")
+    console.print(f"exercises that count: {config.source}")
     console.print(f"repository: github.com/{slug} (from {source})")
     if slug == PLACEHOLDER_SLUG:
         console.print(f"[yellow]{PLACEHOLDER_WARNING}[/yellow]")
@@ -223,8 +239,13 @@ def release_command(args: argparse.Namespace) -> int:
 def check_release_command(args: argparse.Namespace) -> int:
     """Fail when notebooks/ is not exactly what `course release` would write."""
 
+    try:
+        config = _config(args, sorted(Path(args.solutions).glob("*.ipynb")))
+    except course_config.ConfigError as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = {p.name: p for p in release(Path(args.solutions), Path(tmp))}
+        fresh = {p.name: p for p in release(Path(args.solutions), Path(tmp), config)}
         committed = {p.name: p for p in Path(args.notebooks).glob("*.ipynb")}
         problems = [f"{n}: missing from {args.notebooks}" for n in sorted(fresh.keys() - committed.keys())]
         problems += [f"{n}: has no solution in {args.solutions}" for n in sorted(committed.keys() - fresh.keys())]
@@ -240,6 +261,12 @@ def check_release_command(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _config(args: argparse.Namespace, solutions: list[Path]) -> course_config.CourseConfig:
+    """The course config `--config` names, else the one beside the solutions, else every exercise counts."""
+    path = Path(args.config) if args.config else course_config.default_path(Path(args.solutions))
+    return course_config.load(path, solutions)
+
+
 def grade_command(args: argparse.Namespace) -> int:
     """Autograde a folder of submissions into a gradebook, grades.csv and per-student HTML feedback."""
 
@@ -249,6 +276,14 @@ def grade_command(args: argparse.Namespace) -> int:
         if missing := set(args.notebook) - {p.stem for p in solutions}:
             console.print(f"[red]no solution notebook named {', '.join(sorted(missing))} in {args.solutions}[/red]")
             return 2
+    try:
+        config = _config(args, sorted(Path(args.solutions).glob("*.ipynb")))
+    except course_config.ConfigError as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        return 2
+    # the configured copies live in the output folder: a resumed run finds the same notebooks, unchanged
+    solutions = course_config.configured_solutions(solutions, config, Path(args.output) / "configured")
+    console.print(f"exercises that count: {config.source}")
     # nbgrader's gradebook warns about its own session handling on every student: nothing an instructor can act on
     warnings.filterwarnings("ignore", message=".*not in session.*")
     if badges.carried_slug(REPO / "solutions") == PLACEHOLDER_SLUG:
@@ -305,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notebook", action="append", help="grade only this notebook (repeatable; default: all)")
     p.add_argument("--output", default="grading", help="where the gradebook, grades.csv and feedback/ go")
     p.add_argument("--solutions", default=str(REPO / "solutions"))
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, help="seconds a cell may run (default: %(default)s)")
     p.add_argument("--notebook-timeout", type=int, default=Limits.notebook_seconds,
                    help="seconds a whole notebook may run (default: %(default)s)")
@@ -315,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=func.__doc__)
         p.add_argument("--solutions", default=str(REPO / "solutions"))
         p.add_argument("--notebooks", default=str(REPO / "notebooks"))
+        p.add_argument("--config", help=CONFIG_HELP)
         if name == "release":
             p.add_argument("--repo", metavar="OWNER/NAME", help="the GitHub repository learners open the notebooks "
                            "from (default: the git remote origin, else the address the notebooks carry)")

@@ -17,7 +17,7 @@ from typing import Iterator
 import nbformat
 from traitlets.config import Config
 
-from course_lib.instructor import intake, verdict
+from course_lib.instructor import course_config, intake, verdict
 from course_lib.instructor.execute import KERNEL_NAME, SafeExecute, install_kernelspec
 from course_lib.instructor.sandbox import Limits, layers
 
@@ -252,12 +252,13 @@ class Course:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def release(solutions_dir: Path, notebooks_dir: Path) -> list[Path]:
+def release(solutions_dir: Path, notebooks_dir: Path, config: course_config.CourseConfig | None = None) -> list[Path]:
     """Generate every student notebook from its solution with nbgrader (solutions and hidden tests removed)."""
     solutions = sorted(Path(solutions_dir).glob("*.ipynb"))
     if not solutions:
         raise FileNotFoundError(f"no notebooks in {solutions_dir}")
-    course = Course(solutions)
+    configured = Path(tempfile.mkdtemp(prefix="course-configured-"))
+    course = Course(course_config.configured_solutions(solutions, config or course_config.CourseConfig(), configured))
     try:
         Path(notebooks_dir).mkdir(parents=True, exist_ok=True)
         written = []
@@ -268,6 +269,7 @@ def release(solutions_dir: Path, notebooks_dir: Path) -> list[Path]:
         return written
     finally:
         course.cleanup()
+        shutil.rmtree(configured, ignore_errors=True)
 
 
 def _tampering(submitted: Path, released: Path) -> list[str]:

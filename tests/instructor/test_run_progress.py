@@ -1,6 +1,8 @@
 """`course run` shows each notebook's cells done of total and the running cell's own progress bar, then a table."""
 
 import io
+import json
+import os
 
 import nbformat
 from rich.console import Console
@@ -37,3 +39,8 @@ def test_course_run_shows_cells_and_the_running_cells_bar(tmp_path, monkeypatch)
     assert "4/4 cells" in shown  # three code cells and papermill's parameters cell, all done
     assert "demo.ipynb" in shown and "ok" in shown  # the summary table
     assert "done smoke" in (tmp_path / "build" / "executed" / "demo.ipynb").read_text()
+    timings = json.loads((tmp_path / "build" / "timings.json").read_text())
+    (machine,) = timings
+    assert f"{len(os.sched_getaffinity(0))} CPU cores" in machine
+    assert timings[machine]["smoke"]["demo.ipynb"]["status"] == "ok"
+    assert timings[machine]["smoke"]["demo.ipynb"]["seconds"] > 0.2  # twelve sleeps of 0.02 s at least
