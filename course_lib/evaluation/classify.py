@@ -22,6 +22,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
 from course_lib.core.models import load_encoder
+from course_lib.core.runtime import detect_device
 from course_lib.core.tasks import distinct
 from course_lib.training.callbacks import LossHistory, ProgressBar
 from course_lib.training.config import TrainConfig
@@ -109,19 +110,31 @@ def make_splits(n_train: int = 400, n_val: int = 100, n_test: int = 200, seed: i
 ATTENTION = ["query", "key", "value"]  # the attention projections of a BERT-style encoder
 
 
+HEAD = "classifier"  # the new linear layer AutoModelForSequenceClassification puts on a BERT-style encoder
+
+
+def name_labels(model, num_labels: int = len(LABELS)) -> None:
+    """Give the model's config the course's class names (id2label, label2id), when there are that many."""
+    if num_labels <= len(LABELS):
+        model.config.id2label = dict(enumerate(LABELS[:num_labels]))
+    model.config.label2id = {n: i for i, n in model.config.id2label.items()}
+
+
+def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.0) -> LoraConfig:
+    """LoRA on the attention projections; the fresh head is trained in full (`modules_to_save`)."""
+    return LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=ATTENTION, modules_to_save=[HEAD])
+
+
 def load_classifier(name: str = "minilm", num_labels: int = len(LABELS), lora: bool = True, r: int = 8,
                     alpha: int = 16, dropout: float = 0.0, seed: int = 0):
     """The encoder with a fresh classification head; with `lora`, LoRA on attention and the head trained in full."""
 
     torch.manual_seed(seed)  # the new head's initial weights
     model, tokenizer = load_encoder(name, num_labels=num_labels)
-    model.config.id2label = {i: n for i, n in enumerate(LABELS[:num_labels])} if num_labels <= len(LABELS) else model.config.id2label
-    model.config.label2id = {n: i for i, n in model.config.id2label.items()}
+    name_labels(model, num_labels)
     if lora:
-
-        config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                            target_modules=ATTENTION, modules_to_save=["classifier"])
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, lora_config(r, alpha, dropout))
     return model, tokenizer
 
 
@@ -161,7 +174,8 @@ def train_classifier(model, tokenizer, train: Sequence[TextExample], validation:
                          warmup_steps=warmup_steps, schedule="constant" if not warmup_steps else "linear",
                          weight_decay=weight_decay, precision="fp32", seed=seed, logging_steps=1,
                          eval_strategy="steps" if eval_rows else "no", eval_steps=eval_every if eval_rows else None)
-    device = next(model.parameters()).device.type
+    # The accelerator if there is one: a freshly loaded encoder sits on the CPU, and use_cpu would keep it there.
+    device = detect_device().type
     history, bar = LossHistory(), ProgressBar(progress, desc)
     with tempfile.TemporaryDirectory(prefix="course-cls-") as out:
         args = config.to_training_arguments(output_dir=out, device=device, check=False)
