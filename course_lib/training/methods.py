@@ -1,14 +1,18 @@
-"""Five ways to fine-tune the same model, side by side on one task and one budget.
+"""Eight ways to fine-tune the same model, side by side on one task and one budget.
 
 - `full`: every weight trains (the most memory: gradients and two Adam states per weight).
 - `last_blocks`: freeze everything except the last transformer blocks and the final norm.
 - `bitfit`: train biases only (Zaken et al., 2021). Llama-style models have no biases, so we add zero biases
   to the blocks' linear layers first: the model computes exactly the same function until training moves them.
 - `prompt_tuning`: learn a few virtual token embeddings put in front of every input (`peft`).
+- `prefix_tuning`: learn a few virtual keys and values in front of every layer's attention (Li & Liang, 2021; `peft`).
+- `ia3`: learn one scale per channel of the keys, values and MLP down-projection input (Liu et al., 2022; `peft`).
 - `lora`: low-rank adapters beside the linear layers (`peft`).
+- `dora`: LoRA with the magnitude of each output channel's weights learned apart from their direction (Liu et al.,
+  2024; `peft`).
 
 `compare_methods` trains each for the same steps and batch on the same data, and reports trainable parameters,
-peak memory, wall time and validation loss as a table.
+peak memory, wall time, validation loss and, given a `score` function, a task metric as a table.
 """
 
 from __future__ import annotations
@@ -18,16 +22,21 @@ from typing import Callable, Sequence
 
 import pandas as pd
 import torch
-from peft import LoraConfig, PromptTuningConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from course_lib.core.models import ALL_LINEAR
 from course_lib.qlora.memory_check import PeakMemory
 from course_lib.training.trainer import evaluate_loss, train
 
-METHODS = ("full", "last_blocks", "bitfit", "prompt_tuning", "lora")
-# Learning rates that suit each method on the 135M model (fewer trainable weights tolerate larger steps).
-DEFAULT_LR = {"full": 5e-5, "last_blocks": 1e-4, "bitfit": 1e-3, "prompt_tuning": 3e-2, "lora": 2e-3}
+METHODS = ("full", "last_blocks", "bitfit", "prompt_tuning", "prefix_tuning", "ia3", "lora", "dora")
+PEFT_METHODS = ("prompt_tuning", "prefix_tuning", "ia3", "lora", "dora")  # the ones `apply_method` wraps in a PeftModel
+# Learning rates that suit each method on the 135M model over short runs (fewer trainable weights tolerate larger
+# steps; IA3's scales start at 1 and prefixes are free vectors, so both need large ones; DoRA takes LoRA's). IA3 and
+# prefix tuning were each probed at 1e-2 and 3e-2 (SmolLM2-135M, 6 steps of 4): IA3's loss ended at 0.14 and 0.19,
+# prefix tuning's at 0.42 and 0.29.
+DEFAULT_LR = {"full": 5e-5, "last_blocks": 1e-4, "bitfit": 1e-3, "prompt_tuning": 3e-2, "prefix_tuning": 3e-2,
+              "ia3": 1e-2, "lora": 2e-3, "dora": 2e-3}
 
 
 def tiny_causal_lm(tokenizer, layers: int = 4, hidden: int = 64, seed: int = 0):
@@ -98,7 +107,7 @@ def bitfit(model):
 
 
 def apply_method(model, method: str, *, seed: int = 0, last_blocks: int = 2, lora_r: int = 8, lora_alpha: int = 16,
-            virtual_tokens: int = 16):
+                 virtual_tokens: int = 16):
     """The model set up for `method`: frozen parts frozen, new parameters added and seeded."""
 
     if method not in METHODS:
@@ -116,15 +125,23 @@ def apply_method(model, method: str, *, seed: int = 0, last_blocks: int = 2, lor
         # initialized from embeddings of random vocabulary tokens: on the scale the model expects
         return get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens,
                                                         prompt_tuning_init="SAMPLE_VOCAB"))
+    if method == "prefix_tuning":
+        # keys and values for every layer, sized by peft for grouped-query attention (kv heads × head_dim);
+        # peft hands them to the model as a transformers Cache, so the real tokens' positions start after them.
+        # Zero keys and values, not peft's random default: random ones (N(0, 1) in every layer) took SmolLM2-135M's
+        # loss on the task from 0.8 to 7, and 6 steps brought it back only to 4; zeros add nothing to any output and
+        # only take a share of the attention, which the first steps learn to use
+        return get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens,
+                                                        init_weights="zero"))
+    if method == "ia3":
+        # peft's default targets for the architecture (Llama: k_proj, v_proj, down_proj); the scales start at 1,
+        # so the model is unchanged until training moves them
+        return get_peft_model(model, IA3Config(task_type="CAUSAL_LM"))
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [name for name in ALL_LINEAR if name in present] or "all-linear"
     return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=targets,
-                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
-
-
-
-
+                                            lora_dropout=0.0, task_type="CAUSAL_LM", use_dora=method == "dora"))
 
 
 @dataclass
@@ -140,13 +157,17 @@ class MethodResult:
     val_loss: float
     train_loss: float
     history: list[dict] = field(default_factory=list)
+    score: float | None = None  # the task metric on validation rows, when the caller gave a `score` function
 
     def row(self) -> dict:
         """A flat row for a table."""
-        return {"method": self.method, "learning_rate": self.learning_rate, "trainable_params": self.trainable,
-                "trainable_%": 100 * self.trainable / self.total, "peak_memory_MB": (float("nan") if self.peak_memory_bytes is None
-                                                                     else self.peak_memory_bytes / 2**20),
-                "seconds": self.seconds, "train_loss": self.train_loss, "val_loss": self.val_loss}
+        row = {"method": self.method, "learning_rate": self.learning_rate, "trainable_params": self.trainable,
+               "trainable_%": 100 * self.trainable / self.total,
+               "peak_memory_MB": (float("nan") if self.peak_memory_bytes is None else self.peak_memory_bytes / 2**20),
+               "seconds": self.seconds, "train_loss": self.train_loss, "val_loss": self.val_loss}
+        if self.score is not None:
+            row["score"] = self.score
+        return row
 
 
 def final_train_loss(history: Sequence[dict], window: int = 5) -> float:
@@ -157,9 +178,10 @@ def final_train_loss(history: Sequence[dict], window: int = 5) -> float:
     return sum(tail) / len(tail)
 
 
-def run_method(make_model: Callable, tokenizer, train_data, eval_data, config, method: str, *,
-               learning_rate: float | None = None, progress: bool = True, **method_kwargs) -> MethodResult:
-    """Build a fresh model, set it up for `method`, train it with `config`, and measure it."""
+def train_method(make_model: Callable, tokenizer, train_data, eval_data, config, method: str, *,
+                 learning_rate: float | None = None, progress: bool = True, score: Callable | None = None,
+                 **method_kwargs) -> tuple[MethodResult, object]:
+    """`run_method`, also returning the trained model (for a caller that evaluates it further)."""
 
     lr = learning_rate if learning_rate is not None else DEFAULT_LR[method]
     model = apply_method(make_model(), method, seed=config.seed, **method_kwargs)
@@ -169,19 +191,40 @@ def run_method(make_model: Callable, tokenizer, train_data, eval_data, config, m
         result = train(model, tokenizer, train_data, config.replace(learning_rate=lr), progress=progress,
                        desc=method)
     val_loss = evaluate_loss(result.model, tokenizer, eval_data, config)
+    metric = float(score(result.model)) if score is not None else None  # outside the timed, measured run
     return MethodResult(method, lr, trainable, total, memory.peak_bytes, result.seconds, val_loss,
-                        final_train_loss(result.history), result.history)
+                        final_train_loss(result.history), result.history, metric), result.model
+
+
+def run_method(make_model: Callable, tokenizer, train_data, eval_data, config, method: str, *,
+               learning_rate: float | None = None, progress: bool = True, score: Callable | None = None,
+               **method_kwargs) -> MethodResult:
+    """Build a fresh model, set it up for `method`, train it with `config`, and measure it.
+
+    `score(model) -> float`, when given, adds a task metric of the trained model (e.g. exact match on a few
+    validation rows); it is not counted in the run's seconds or memory.
+    """
+
+    result, _ = train_method(make_model, tokenizer, train_data, eval_data, config, method,
+                             learning_rate=learning_rate, progress=progress, score=score, **method_kwargs)
+    return result
 
 
 def compare_methods(make_model: Callable, tokenizer, train_data, eval_data, config, methods: Sequence[str] = METHODS,
-                    learning_rates: dict | None = None, progress: bool = True, **method_kwargs):
-    """Train every method on the same data, steps and batch; a DataFrame with one row per method."""
+                    learning_rates: dict | None = None, progress: bool = True, score: Callable | None = None,
+                    score_name: str = "score", **method_kwargs):
+    """Train every method on the same data, steps and batch; a DataFrame with one row per method.
 
+    With `score`, a column `score_name` holds `score(trained model)` for every method.
+    """
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r} in methods; choose from {', '.join(METHODS)}")
     learning_rates = {**DEFAULT_LR, **(learning_rates or {})}
     results = [run_method(make_model, tokenizer, train_data, eval_data, config, method,
-                          learning_rate=learning_rates[method], progress=progress, **method_kwargs)
+                          learning_rate=learning_rates[method], progress=progress, score=score, **method_kwargs)
                for method in methods]
-    table = pd.DataFrame([r.row() for r in results])
+    table = pd.DataFrame([r.row() for r in results]).rename(columns={"score": score_name})
     table.attrs["results"] = results
     return table
-

@@ -1,4 +1,4 @@
-"""Plots for module 04: the LR schedule, train/validation curves with early stopping, the sweep, the methods."""
+"""Plots for module 04: the LR schedule, train/validation curves with early stopping, the sweep, the grid, the methods."""
 
 from __future__ import annotations
 
@@ -49,6 +49,23 @@ def plot_train_val(history: Sequence[dict], eval_history: Sequence[dict], stoppe
     return ax
 
 
+def plot_curves(runs: dict[str, tuple[Sequence[dict], Sequence[dict]]], title: str = "training and validation loss",
+                ax=None):
+    """Several runs on one axis ({name: (history, eval_history)}): each run's training loss faint, its validation
+    loss as a line with markers in the same colour."""
+    ax = _axes(ax)
+    for index, (name, (history, eval_history)) in enumerate(runs.items()):
+        color = f"C{index}"
+        ax.plot([r["step"] for r in history], [r["loss"] for r in history], color=color, alpha=0.3, lw=1)
+        ax.plot([r["step"] for r in eval_history], [r["eval_loss"] for r in eval_history], "o-", color=color, ms=4,
+                label=f"{name}: validation")
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.set_yscale("log")  # the losses of a fast and a slow run differ tenfold by the end
+    ax.legend(fontsize=8, title="faint: training loss", title_fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
 def plot_sweep(table, title: str = "learning-rate sweep", ax=None):
     """Final training and validation loss against the learning rate (log scales); diverged runs marked with x."""
 
@@ -77,9 +94,9 @@ def plot_methods(table, columns: Sequence[str] = ("trainable_%", "peak_memory_MB
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.2))
-    colors = ["#999999", "#7a5195", "#ef5675", "#ffa600", "#2a7ab9"]
+    colors = ["#999999", "#7a5195", "#ef5675", "#ffa600", "#bc5090", "#58a65c", "#2a7ab9", "#003f5c"]
     for ax, column in zip(axes, columns):
-        bars = ax.bar(table["method"], table[column], color=colors[: len(table)])
+        bars = ax.bar(table["method"], table[column], color=[colors[i % len(colors)] for i in range(len(table))])
         ax.bar_label(bars, labels=[_short(v) for v in table[column]], fontsize=7)
         ax.set_title(column.replace("_", " "))
         ax.tick_params(axis="x", rotation=45, labelsize=8)
@@ -87,6 +104,48 @@ def plot_methods(table, columns: Sequence[str] = ("trainable_%", "peak_memory_MB
             ax.set_yscale("log")
     fig.tight_layout()
     return fig
+
+
+def plot_grid(table, value: str = "val_loss", title: str | None = None, ax=None):
+    """A grid search as a heatmap of `value` (rows: the grid's first name, columns: its second), the cell chosen on
+    validation framed, diverged cells marked with x, and each confirmed cell's test loss written under its own."""
+
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 3.6))
+    row_name, col_name = table.attrs.get("grid") or list(table.columns[:2])
+    row_values = sorted(table[row_name].unique())
+    col_values = sorted(table[col_name].unique())
+    grid = table.pivot(index=row_name, columns=col_name, values=value).reindex(index=row_values, columns=col_values)
+    image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis_r", aspect="auto")  # dark = low loss = good
+    plt.colorbar(image, ax=ax, label=value.replace("_", " "))
+    for _, row in table.iterrows():
+        i, j = row_values.index(row[row_name]), col_values.index(row[col_name])
+        if row.get("diverged", False):
+            ax.text(j, i, "x", ha="center", va="center", color="crimson", fontsize=14, fontweight="bold")
+            continue
+        text = _short(row[value])
+        if "test_loss" in row and not math.isnan(row["test_loss"]):
+            text += f"\ntest {_short(row['test_loss'])}"
+        red, green, blue, _ = image.cmap(image.norm(row[value]))
+        dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells, black on light ones
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        if row.get("selected", False):
+            ax.add_patch(Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, ec="crimson", lw=3,
+                                   label="chosen on validation"))
+    ax.set_xticks(range(len(col_values)), [_label(v) for v in col_values])
+    ax.set_yticks(range(len(row_values)), [_label(v) for v in row_values])
+    ax.set(xlabel=col_name.replace("_", " "), ylabel=row_name.replace("_", " "),
+           title=title or f"{value.replace('_', ' ')} over the grid")
+    if any(isinstance(p, Rectangle) for p in ax.patches):
+        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.18), fontsize=8, frameon=False)
+    return ax
+
+
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _short(value: float) -> str:
