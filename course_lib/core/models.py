@@ -10,6 +10,7 @@ same names resolve to the Hugging Face hub.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -181,6 +182,7 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path, eos_token: str | N
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _write_tensor_types(source / gguf_file, tmp)  # once here, so that no lesson pays gguf's slow reader
         _share(tmp)
         try:
             tmp.rename(target)  # atomic: a reader never sees a half-written folder
@@ -189,6 +191,46 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path, eos_token: str | N
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+TENSOR_TYPES_FILE = "gguf_tensor_types.json"  # next to a converted model: how the GGUF file stored each tensor
+
+
+def _read_tensor_types(gguf_path: Path) -> dict[str, str]:
+    """{GGUF tensor name: storage type} from the file's tensor table ('Q4_1', 'Q8_0', 'F32', ...)."""
+    from gguf import GGUFReader
+
+    return {tensor.name: tensor.tensor_type.name for tensor in GGUFReader(str(gguf_path)).tensors}
+
+
+def _write_tensor_types(gguf_path: Path, folder: Path) -> dict[str, str]:
+    types = _read_tensor_types(gguf_path)
+    target = folder / TENSOR_TYPES_FILE
+    try:
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"gguf_file": gguf_path.name, "tensors": types}, indent=1))
+        tmp.replace(target)  # atomic: a reader never sees half a table
+    except OSError:
+        pass  # a read-only cache (the grading sandbox's user): the table is still right, just not kept
+    return types
+
+
+def gguf_tensor_types(name: str = "default") -> dict[str, str] | None:
+    """How the GGUF file a packaged model was shipped in stored each tensor ({GGUF name: 'Q4_1', ...}); None when
+    the model does not load from a GGUF file here (the hub on Colab, an encoder, a folder).
+
+    gguf's reader walks all 49k tokens of the metadata in Python (about 10 s), so the table is read once, when the
+    model is converted, and kept next to the converted weights.
+    """
+    spec = find_spec(name)
+    gguf_path = shipped_gguf(name)
+    if spec is None or gguf_path is None:
+        return None
+    folder = converted_dir(spec)
+    try:
+        return json.loads((folder / TENSOR_TYPES_FILE).read_text())["tensors"]
+    except (OSError, ValueError, KeyError):  # converted before the table was kept
+        return _write_tensor_types(gguf_path, folder)
 
 
 def resolve(name: str = "default") -> tuple[str, dict]:

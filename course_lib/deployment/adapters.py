@@ -143,12 +143,12 @@ def merge(peft_model):
     """Fold the adapter into the base weights (W + B·A·alpha/r) and drop the peft wrapper.
 
     Refuses a quantized base: merging into 4-bit weights re-rounds W + ΔW to the 4-bit grid, whose steps are far
-    larger than a LoRA update, so most of the fine-tune is rounded away. Use `merge_full_precision`.
+    larger than a LoRA update, so most of the fine-tune is rounded away. Use `merge_dequantized`.
     """
     if is_quantized(peft_model):
         raise ValueError("the base under this adapter is quantized (bitsandbytes): merging would re-round the "
-                         "update to the 4/8-bit grid and lose most of it. Use merge_full_precision(...), which "
-                         "puts the adapter on a full-precision base and merges there.")
+                         "update to the 4/8-bit grid and lose most of it. Use merge_dequantized(...), which puts the "
+                         "adapter on the dequantized base it was trained against and merges there in float32.")
     merged = peft_model.merge_and_unload()
     merged.eval()
     return merged
@@ -167,7 +167,9 @@ def merge_and_verify(peft_model, batch: Mapping, tolerance: float | None = None)
 
 
 def merge_full_precision(adapter_folder: str | Path, base: str = "default", dtype=None, allow_pickle: bool = False):
-    """The right merge for an adapter trained on a 4-bit base: reload the base in full precision, add, merge."""
+    """Reload the base's own weights W in full precision, add the adapter, merge: right for a LoRA adapter trained on
+    W. A QLoRA adapter was trained against dequant(NF4(W)): merged into W it gives a model nobody evaluated (see
+    `merge_dequantized` and `qlora_merge.compare_qlora_merges`)."""
 
     base_model, tokenizer = load_causal_lm(base, dtype=dtype or torch.float32)
     return merge(load_adapter(base_model, adapter_folder, allow_pickle=allow_pickle)), tokenizer
@@ -372,7 +374,15 @@ def load_4bit_base(folder: str | Path):
     return load_model(folder, quantization_config=quantization_config(4))
 
 
-def merge_dequantized(adapter_folder: str | Path, base_folder: str | Path):
-    """Merge a QLoRA adapter into the dequantized NF4 base: the weights it was trained on, now in float32."""
-    base = load_4bit_base(base_folder).dequantize()
+def merge_dequantized(adapter_folder: str | Path, base_folder: str | Path, quantization_config=None):
+    """Merge a QLoRA adapter into the dequantized NF4 base: the weights it was trained on, now in float32.
+
+    `quantization_config` must be the one the QLoRA base was loaded with (default: `quantization_config(4)`, NF4
+    without double quantization; the course's QLoRA runs use `qlora.bnb.bnb_config`, with it).
+    """
+    if quantization_config is None:
+        base = load_4bit_base(base_folder)
+    else:
+        base = load_model(base_folder, quantization_config=quantization_config)
+    base = base.dequantize()
     return merge(load_adapter(base, adapter_folder))

@@ -105,6 +105,12 @@ def encode_prompts(tokenizer, prompts: Sequence, max_prompt_tokens: int) -> list
     return encoded
 
 
+def prefix_in_cache(model) -> bool:
+    """True for a peft model whose active adapter is prefix tuning: its prefix travels as the first KV cache."""
+    config = getattr(model, "active_peft_config", None)
+    return str(getattr(config, "peft_type", "")).endswith("PREFIX_TUNING")
+
+
 def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | None = None,
              batch_size: int = 8, progress: bool = False) -> list[str]:
     """Replies to prompts (chat message lists or strings) with the safe decoding defaults, in the caller's order."""
@@ -117,6 +123,9 @@ def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | N
     stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
+    # peft 0.21 hands a prefix to generate() as past_key_values, which transformers 5 drops after the first step;
+    # without a cache every step runs the whole sequence through forward(), which adds the prefix each time.
+    cache = {"use_cache": False} if prefix_in_cache(model) else {}
     was_training = model.training
     model.eval()
     if not settings.greedy:
@@ -133,7 +142,7 @@ def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | N
                 repetition_penalty=settings.repetition_penalty, eos_token_id=stops, pad_token_id=pad_id,
                 stopping_criteria=[_loop_guard(width, settings.loop_ngram, settings.loop_repeats)],
                 # an explicit config: the checkpoint's generation_config may ask for sampling
-                top_k=None if settings.greedy else 50,
+                top_k=None if settings.greedy else 50, **cache,
             )
         for row, i in zip(out[:, width:], idx):
             replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()

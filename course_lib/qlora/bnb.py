@@ -167,6 +167,7 @@ def qlora_train_steps(model_dir, batches, lr: float = 2e-3, r: int = 8, targets:
     model.train()
     losses = []
     for batch in batches:
+        batch = {key: value.to(model.device) for key, value in batch.items()}  # the 4-bit model sits on the GPU if any
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()

@@ -1,10 +1,12 @@
-"""Plots for module 03: quantization levels over the weights, error by block size, the memory breakdown."""
+"""Plots for module 03: quantization levels over the weights, the Q4_1 grid of the offline weights, error by block
+size, the memory breakdown."""
 
 from __future__ import annotations
 
 import torch
 
 from course_lib.qlora.memory import COMPONENTS, GiB
+from course_lib.qlora.provenance import distinct_per_block, grid_positions
 from course_lib.qlora.quantize import _TINY, _blocks, nf4_code_book
 
 
@@ -62,3 +64,27 @@ def plot_breakdown(estimates: dict, ax=None, title: str = "predicted peak memory
     ax.set(ylabel="GiB", title=title, ylim=(0, max(bottom) * 1.18))
     ax.legend(fontsize=8, loc="upper right")
     return ax
+
+
+def plot_q4_1_grid(weights: dict[str, torch.Tensor], block_size: int = 32, axes=None):
+    """Two panels per set of weights: distinct values per `block_size`-weight block, and each weight's place on its
+    block's 16-level Q4_1 grid (spikes at whole numbers: the weights went through Q4_1; a smooth spread: they never did)."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.2))
+    left, right = axes
+    colors = ["#e07b39", "#2a7ab9", "#4c9a2a", "#b94a6c"]
+    for (label, weight), color in zip(weights.items(), colors):
+        counts = distinct_per_block(weight, block_size)
+        left.hist(counts.numpy(), bins=range(1, block_size + 2), align="left", alpha=0.6, color=color, density=True,
+                  label=label)
+        right.hist(grid_positions(weight, 16, block_size).numpy(), bins=300, range=(0, 15), alpha=0.6, color=color,
+                   density=True, label=label)
+    left.axvline(16, color="black", lw=1, ls="--")
+    left.set(xlabel=f"distinct values in a block of {block_size} (dashed: Q4_1's 16 levels)", ylabel="share of blocks",
+             title="values per block")
+    right.set(xlabel="(w - block min) / (block max - block min) x 15", ylabel="density", xticks=range(0, 16, 3),
+              title="place on the block's 16-level grid")
+    left.legend(fontsize=8)
+    return axes

@@ -126,3 +126,20 @@ def test_a_converted_model_is_readable_by_the_grading_sandboxs_user(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_gguf_tensor_types_are_read_once_and_kept_with_the_converted_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setenv("COURSE_MODEL_SOURCE", "package")
+    spec = models.find_spec("default")
+    folder = tmp_path / "models" / f"{spec.key}-{models.version(spec.package_pip)}"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")  # a cache converted before the table was kept
+    reads = []
+    monkeypatch.setattr(models, "_read_tensor_types", lambda path: reads.append(path) or {"blk.0.attn_q.weight": "Q4_1"})
+    assert models.gguf_tensor_types("default") == {"blk.0.attn_q.weight": "Q4_1"}
+    assert models.gguf_tensor_types("default") == {"blk.0.attn_q.weight": "Q4_1"}
+    assert reads == [models.shipped_gguf("default")]  # gguf's slow reader ran once; then the kept table
+    assert (folder / models.TENSOR_TYPES_FILE).exists()
+    monkeypatch.setenv("COURSE_MODEL_SOURCE", "hub")
+    assert models.gguf_tensor_types("default") is None  # the hub's weights come from no GGUF file

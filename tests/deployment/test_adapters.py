@@ -97,7 +97,7 @@ def test_merge_refuses_a_quantized_base(tiny_llama, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     tuned = get_peft_model(quantized, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
-    with pytest.raises(ValueError, match="merge_full_precision"):
+    with pytest.raises(ValueError, match="merge_dequantized"):
         adapters.merge(tuned)
 
 

@@ -31,3 +31,31 @@ def test_loop_guard_detects_a_repeating_tail():
     assert generate.repeats_tail([1, 2, 3] * 3, n=3, times=3)
     assert not generate.repeats_tail([1, 2, 3] * 2 + [4, 5, 6], n=3, times=2)
     assert not generate.repeats_tail([1, 2], n=3, times=2)
+
+
+def test_a_prefix_tuned_model_answers_with_its_prefix(tiny_llama, tokenizer):
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    with torch.no_grad():  # a prefix far from zero, so that answers with and without it differ
+        for param in model.prompt_encoder.parameters():
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(0)) * 3)
+    assert generate.prefix_in_cache(model) and not generate.prefix_in_cache(tiny_llama)
+    prompts = ["A plain prompt", "Another, longer plain prompt"]
+    settings = generate.DecodingSettings(max_new_tokens=6)
+    model.eval()
+    expected = []
+    for prompt in prompts:  # greedy by hand: the whole sequence through forward() each step, which adds the prefix
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        start = ids.shape[1]
+        for _ in range(6):
+            with torch.no_grad():
+                next_id = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+            if next_id.item() in generate.stop_token_ids(tokenizer):
+                break
+        expected.append(tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip())
+    assert generate.generate(model, tokenizer, prompts, settings) == expected
+    with model.disable_adapter():
+        assert generate.generate(model, tokenizer, prompts, settings) != expected  # the prefix changes the answers
