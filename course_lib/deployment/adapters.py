@@ -87,15 +87,17 @@ def save_model(model, tokenizer, folder: str | Path) -> Path:
     return folder
 
 
-def load_model(folder: str | Path, dtype=None, quantization_config=None, allow_pickle: bool = False):
-    """Load a saved causal LM safely: safetensors only (unless allowed), never remote code."""
+def load_model(folder: str | Path, dtype=None, quantization_config=None, allow_pickle: bool = False,
+               device: str | None = None):
+    """Load a saved causal LM safely: safetensors only (unless allowed), never remote code; on `device` (default:
+    the GPU when there is one)."""
 
     check_safe_folder(folder, allow_pickle)
     # An explicit device map: a saved bitsandbytes folder fails to load without one (packed weight shapes).
     # quantization_config=None would override the one a saved quantized folder carries: pass it only when set.
     extra = {"quantization_config": quantization_config} if quantization_config is not None else {}
     model = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=dtype or torch.float32, device_map="cuda:0" if torch.cuda.is_available() else "cpu",
+        str(folder), dtype=dtype or torch.float32, device_map=device or _default_device(),
         use_safetensors=not allow_pickle, trust_remote_code=False, **extra)
     model.eval()
     return model
@@ -204,11 +206,16 @@ def linear_shapes(model) -> dict[str, tuple[int, int, bool]]:
 # ---- quantization for inference -------------------------------------------------------------------------------
 
 
-def quantization_config(bits: int):
-    """bitsandbytes settings for inference: 4-bit NF4 (compute in float32 on CPU) or 8-bit LLM.int8."""
+def _default_device() -> str:
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def quantization_config(bits: int, device: str | None = None):
+    """bitsandbytes settings for inference: 4-bit NF4 (compute in bf16 on a GPU, float32 on the CPU) or 8-bit
+    LLM.int8; `device` is where the model will run (default: the GPU when there is one)."""
 
     if bits == 4:
-        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        compute = torch.bfloat16 if (device or _default_device()).startswith("cuda") else torch.float32
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -369,9 +376,10 @@ def tiny_batch(seed: int = 0, rows: int = 3, length: int = 12) -> dict:
     return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
 
 
-def load_4bit_base(folder: str | Path):
-    """The base model in `folder`, its linear layers quantized to NF4 by bitsandbytes while loading."""
-    return load_model(folder, quantization_config=quantization_config(4))
+def load_4bit_base(folder: str | Path, device: str | None = None):
+    """The base model in `folder`, its linear layers quantized to NF4 by bitsandbytes while loading, on `device`
+    (default: the GPU when there is one; the exercises' tiny models stay on the CPU, with float32 compute)."""
+    return load_model(folder, quantization_config=quantization_config(4, device), device=device)
 
 
 def merge_dequantized(adapter_folder: str | Path, base_folder: str | Path, quantization_config=None):

@@ -90,9 +90,10 @@ class Perplexity:
 def batch_nll(model, batch: dict) -> tuple[float, int]:
     """Summed next-token NLL and the number of scored tokens (labels != -100) of one padded batch."""
 
+    device = next(model.parameters()).device
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return logits_nll(logits, batch["labels"])
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    return logits_nll(logits, batch["labels"].to(device))
 
 
 def logits_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:

@@ -59,8 +59,9 @@ def train_steps(model: nn.Module, batches: Sequence[dict], lr: float, desc: str 
         optimizer = torch.optim.AdamW(params, lr=lr)
     model.train()
     losses = []
+    device = params[0].device
     for batch in progress_bar(batches, desc=desc, leave=False):
-        loss = model(**batch).loss
+        loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

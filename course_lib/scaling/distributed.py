@@ -388,6 +388,15 @@ def terminal_command(num_processes: int, config: RunConfig) -> str:
     return " ".join(["accelerate launch", *words[:split]]) + " \\\n    " + " ".join(words[split:])
 
 
+def failure_excerpt(log: list[str], lines: int = 40) -> str:
+    """What a failed launch printed that explains it: the first traceback (a rank's own error; torchrun's summary
+    after it names only the exit codes), then the last lines."""
+    first = next((i for i, line in enumerate(log) if line.startswith("Traceback (most recent call last)")), None)
+    if first is None or first >= len(log) - lines:
+        return "".join(log[-lines:])
+    return "".join(log[first : first + lines]) + "...\n" + "".join(log[-lines // 2:])
+
+
 def launch(num_processes: int = 2, config: RunConfig | None = None, progress: bool = True,
            timeout: float | None = None, threads: int | None = None, **options) -> RunResult:
     """Run a distributed training with `accelerate launch` in a subprocess; a progress bar follows its steps.
@@ -410,6 +419,9 @@ def launch(num_processes: int = 2, config: RunConfig | None = None, progress: bo
     if config.cpu or not gpus:
         # Share the cores between the processes instead of letting each start one thread per core.
         env["OMP_NUM_THREADS"] = str(threads or max(1, (os.cpu_count() or 1) // num_processes))
+        # A CPU run has no use for the GPUs: hide them. With them visible, a 2-process CPU run on a one-GPU machine
+        # trained to the end and then failed on rank 1 (H200, 2026-12-03; its error was not kept).
+        env["CUDA_VISIBLE_DEVICES"] = ""
     # The repository root (where course_lib lives) must be importable in the workers, installed or not.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       env.get("PYTHONPATH")]))
@@ -435,8 +447,7 @@ def launch(num_processes: int = 2, config: RunConfig | None = None, progress: bo
         proc.wait()
     bar.close()
     if proc.returncode != 0 or result is None:
-        tail = "".join(log[-40:])
-        raise RuntimeError(f"`accelerate launch` failed (exit status {proc.returncode}):\n{tail}")
+        raise RuntimeError(f"`accelerate launch` failed (exit status {proc.returncode}):\n{failure_excerpt(log)}")
     return result
 
 

@@ -125,6 +125,12 @@ def rank_main(rank: int, function: Callable, args: tuple, num_processes: int, po
                       LOCAL_WORLD_SIZE=str(num_processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       OMP_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)
+    if torch.cuda._is_in_bad_fork():
+        # The parent used CUDA (a notebook on a GPU runtime), and a forked process cannot: any CUDA call here fails
+        # with "initialization error", even the optimizer's check for graph capture. These ranks run on the CPU (gloo).
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        torch.cuda.is_available = lambda: False
+        torch.cuda.device_count = lambda: 0
     # accelerate keeps its state in class-level singletons: one built earlier in the parent (any Accelerator made
     # in the notebook or the test session) would be inherited by the fork and say "1 process, no group"
     AcceleratorState._reset_state(reset_partial_state=True)

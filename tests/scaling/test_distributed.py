@@ -110,3 +110,13 @@ def test_scaling_rows_compare_each_strategy_with_its_one_process_run():
 def test_markdown_table():
     table = distributed.markdown_table(["run", "tokens/s"], [["ddp", 62907.4], ["fsdp", None]])
     assert table.splitlines() == ["| run | tokens/s |", "|---|---|", "| ddp | 62,907 |", "| fsdp | – |"]
+
+
+def test_a_failed_launch_shows_the_ranks_own_traceback():
+    from course_lib.scaling.distributed import failure_excerpt
+
+    rank_error = ["Traceback (most recent call last):\n", '  File "x.py", line 1\n', "ValueError: the rank's reason\n"]
+    summary = [f"torchrun summary line {i}\n" for i in range(60)]
+    text = failure_excerpt(["starting\n"] * 5 + rank_error + summary)
+    assert "ValueError: the rank's reason" in text and "torchrun summary line 59" in text
+    assert failure_excerpt(["short log\n"]) == "short log\n"
