@@ -103,10 +103,16 @@ def load_model(folder: str | Path, dtype=None, quantization_config=None, allow_p
     return model
 
 
-def check_batch(tokenizer, prompts: Sequence[str] = CHECK_PROMPTS) -> dict:
-    """A fixed, padded batch of chat prompts to compare two models on (right padding, with attention mask)."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in prompts]
+def check_batch(tokenizer, prompts: Sequence[str | Sequence[Mapping]] = CHECK_PROMPTS) -> dict:
+    """A padded batch of chat prompts to compare two models on (right padding, with attention mask).
+
+    Each prompt is a user message (a string) or a whole conversation up to the assistant's turn (a list of
+    {"role", "content"} messages).
+    """
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
 
 

@@ -42,14 +42,6 @@ class MergeCandidate:
     metric: float | None = None  # the task metric, when an `evaluate` function was given
 
 
-def chat_batch(tokenizer, conversations: Sequence[Sequence[dict]]) -> dict:
-    """Chat prompts (messages up to the assistant's turn) as one right-padded batch with its attention mask."""
-    if not conversations:
-        raise ValueError("conversations is empty: give at least one prompt")
-    texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
-    return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
-
-
 def training_path_logits(qlora_model, batch: Mapping) -> torch.Tensor:
     """The 4-bit model's logits computed as during training: float32 block scales, no CPU inference repacking.
 

@@ -55,11 +55,12 @@ def test_dequantized_base_holds_the_weights_the_4bit_layers_compute_with(tmp_pat
     assert not torch.equal(original.model.layers[0].self_attn.q_proj.weight, expected)  # W itself is not on the grid
 
 
-def test_chat_batch_and_a_batch_without_mask_are_checked(tokenizer):
-    batch = qlora_merge.chat_batch(tokenizer, [[{"role": "user", "content": "Hi"}],
-                                              [{"role": "user", "content": "A much longer question, padded less"}]])
+def test_conversation_batch_and_a_batch_without_mask_are_checked(tokenizer):
+    batch = adapters.check_batch(tokenizer, [[{"role": "user", "content": "Hi"}],
+                                             [{"role": "user", "content": "A much longer question, padded less"}]])
     assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()
-    with pytest.raises(ValueError, match="conversations"):
-        qlora_merge.chat_batch(tokenizer, [])
+    assert torch.equal(adapters.check_batch(tokenizer, ["Hi"])["input_ids"][0], batch["input_ids"][0][:batch["attention_mask"][0].sum()])
+    with pytest.raises(ValueError, match="prompts"):
+        adapters.check_batch(tokenizer, [])
     with pytest.raises(ValueError, match="attention_mask"):
         qlora_merge.compare_qlora_merges(None, "unused", {"input_ids": batch["input_ids"]})
