@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "course_lib"
-SUBPACKAGES = ("core", "data", "lora", "qlora", "training", "evaluation", "deployment", "scaling", "fast", "instructor")
+SUBPACKAGES = ("core", "data", "lora", "qlora", "training", "evaluation", "deployment", "scaling", "fast", "capstone",
+               "instructor")
 TEACHING = tuple(p for p in SUBPACKAGES if p != "instructor")
 LAZY_ANYWHERE = {"bitsandbytes", "liger_kernel", "matplotlib", "nbgrader", "llama_cpp", "openai", "httpx"}
 LAZY_IN_CORE = {"torch", "transformers", "datasets", "numpy", "huggingface_hub", "gguf", "safetensors", "tqdm",

@@ -17,6 +17,7 @@ import types
 from typing import Any, Iterator
 
 MIME = "application/vnd.course-check+json"
+JOB_RESULT_PREFIX = "COURSE-RESULT "  # a sandboxed job (not a kernel) answers with one line: this, then JSON
 
 
 def plain(value: Any) -> Any:

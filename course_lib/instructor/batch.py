@@ -19,7 +19,8 @@ from typing import Callable
 
 import nbformat
 
-from course_lib.instructor import intake
+from course_lib.capstone import rules
+from course_lib.instructor import capstone, intake
 from course_lib.instructor.feedback import write_feedback
 from course_lib.instructor.grading import CELL_TIMEOUT_S, CellGrade, Course, NotebookGrade
 from course_lib.instructor.sandbox import Limits
@@ -42,17 +43,28 @@ class BatchResult:
 
 def grade_folder(submissions: Path, solutions: list[Path], out: Path,
                  progress: Callable[[str], None] = lambda line: None,
-                 timeout: int = CELL_TIMEOUT_S, limits: Limits | None = None) -> BatchResult:
-    """Grade every student's copy of every solution notebook; write gradebook, grades.csv and feedback/ under `out`."""
+                 timeout: int = CELL_TIMEOUT_S, limits: Limits | None = None,
+                 capstone_secret: Path | None = None, capstone_reference: Path | None = None) -> BatchResult:
+    """Grade every student's copy of every solution notebook; write gradebook, grades.csv and feedback/ under `out`.
+
+    A capstone notebook's adapter is scored on the hidden split that `capstone_secret` (a file) seeds; the
+    instructor's own adapter, `capstone_reference`, becomes the leaderboard's reference row."""
     submissions, out = Path(submissions), Path(out)
     if not submissions.is_dir():
         raise FileNotFoundError(f"submissions folder not found: {submissions}")
     out.mkdir(parents=True, exist_ok=True)
     course = Course(solutions, root=out / "nbgrader", timeout=timeout, limits=limits)
     solution_keys = {Path(p).stem: _sha256(Path(p).read_bytes())[:16] for p in solutions}
+    artifacts = {Path(p).stem: capstone.artifact_points(Path(p)) for p in solutions if capstone.is_capstone(Path(p))}
+    grader = None
+    if artifacts:
+        progress("capstone: scoring the prompting baseline" + (" and the reference adapter" if capstone_reference else "")
+                 + " on the hidden split")
+        grader = capstone.CapstoneGrader(out, capstone.read_secret(capstone_secret), capstone_reference, limits)
     state_path, csv_path = out / "state.json", out / "grades.csv"
     state = _load_state(state_path, progress)
-    students = intake.open_submissions(submissions, course.stems, out / "intake", progress, skip=(out,))
+    students = intake.open_submissions(submissions, course.stems, out / "intake", progress, skip=(out,),
+                                       artifacts={stem: rules.ADAPTER_FOLDER for stem in artifacts})
     grades: list[NotebookGrade] = []
     names = {s.student: s.name for s in students}
     reused = 0
@@ -60,6 +72,9 @@ def grade_folder(submissions: Path, solutions: list[Path], out: Path,
     for submission in students:
         for stem in course.stems:
             grade, was_reused = _grade_one(course, submission, stem, solution_keys[stem], state, state_path, out)
+            if stem in artifacts:
+                grade = _grade_artifact(course, grader, submission, grade, artifacts[stem])
+                _write_feedback(grade, out, submission.name)
             reused += was_reused
             grades.append(grade)
             label = submission.student if submission.name == submission.student else \
@@ -75,6 +90,8 @@ def _grade_one(course: Course, submission: intake.Submission, stem: str, solutio
     student, notebook = submission.student, submission.notebooks.get(stem)
     intake_note = submission.notes.get(stem, "")
     key = (_sha256(notebook.read_bytes()) if notebook else "missing") + ":" + solution_key
+    if stem in submission.artifacts:  # a new adapter alone is graded again too
+        key += ":" + capstone.folder_sha256(submission.artifacts[stem])[:16]
     done = state["students"].get(student, {}).get(stem)
     grade, grader_note, status = None, "", "graded"
     if done and done.get("sha256") == key:
@@ -102,13 +119,32 @@ def _grade_one(course: Course, submission: intake.Submission, stem: str, solutio
     grade = NotebookGrade(grade.notebook, grade.student, grade.cells, note)
     if not was_reused or done.get("status") == "running":
         _save(state, state_path, student, stem, {"sha256": key, "status": status, "note": grader_note})
+    return _write_feedback(grade, out, submission.name), was_reused
+
+
+def _write_feedback(grade: NotebookGrade, out: Path, name: str) -> NotebookGrade:
+    """Write the student's page for this notebook; a failure is logged and noted, and the grade stands."""
     try:
-        write_feedback(grade, out / "feedback" / student, submission.name)
+        write_feedback(grade, out / "feedback" / grade.student, name)
     except Exception as error:  # the grade stands; the instructor learns the page is missing
-        _log_error(out, student, stem, error)
-        grade = NotebookGrade(grade.notebook, grade.student, grade.cells,
-                              "; ".join(filter(None, [note, f"feedback could not be written: {intake.describe(error)}"])))
-    return grade, was_reused
+        _log_error(out, grade.student, grade.notebook, error)
+        grade = NotebookGrade(grade.notebook, grade.student, grade.cells, "; ".join(
+            filter(None, [grade.note, f"feedback could not be written: {intake.describe(error)}"])))
+    return grade
+
+
+def _grade_artifact(course: Course, grader: capstone.CapstoneGrader, submission: intake.Submission,
+                    grade: NotebookGrade, max_points: float) -> NotebookGrade:
+    """Score the adapter handed in with a capstone notebook and put its points on the artifact's cell."""
+    result = grader.grade(submission.student, submission.name, submission.artifacts.get(grade.notebook), max_points,
+                          submission.artifact_notes.get(grade.notebook, ""))
+    try:
+        course.set_score(grade.notebook, submission.student, capstone.ARTIFACT_CELL, result.points)
+    except Exception as error:  # noqa: BLE001  (the CSV still gets the points; the gradebook's failure is noted)
+        result.note += f" (the gradebook could not be updated: {intake.describe(error)})"
+    cells = tuple(CellGrade(c.name, result.points, c.max_score, result.note) if c.name == capstone.ARTIFACT_CELL
+                  else c for c in grade.cells)
+    return NotebookGrade(grade.notebook, grade.student, cells, "; ".join(filter(None, [grade.note, result.note])))
 
 
 def _reuse(course: Course, stem: str, student: str, status: str, note: str) -> NotebookGrade | None:

@@ -44,8 +44,11 @@ from course_lib.data.check import check_data
 from course_lib.data.sources import FILE_FORMATS, FileFormatError
 from course_lib.deployment.gguf_runtime import SERVE_EXTRA, cpu_has_amx, llama_cpp_available
 from course_lib.instructor import badges, course_config
+from course_lib.capstone import rules
 from course_lib.instructor.batch import grade_folder
+from course_lib.instructor.capstone import DEFAULT_SECRET
 from course_lib.instructor.grading import CELL_TIMEOUT_S, leaked_markers, notebook_json, release
+from course_lib.instructor.leaderboard import write_leaderboard
 from course_lib.instructor.run_progress import RunProgress, code_cells
 from course_lib.instructor.sandbox import Limits, layers
 
@@ -296,8 +299,18 @@ def grade_command(args: argparse.Namespace) -> int:
         console.print(f"[yellow]grading without the sandbox layer '{name}': {why}[/yellow]")
     started = time.perf_counter()
     limits = Limits(notebook_seconds=args.notebook_timeout, memory_bytes=int(args.memory_gb * 2**30))
-    result = grade_folder(Path(args.submissions), solutions, Path(args.output), timeout=args.cell_timeout,
-                          limits=limits, progress=lambda line: console.print(line, markup=False, highlight=False))
+    reference = Path(args.capstone_reference) if args.capstone_reference else \
+        Path(args.solutions) / rules.ADAPTER_FOLDER  # where running solutions/08 in full leaves the adapter
+    if not args.capstone_reference and not reference.is_dir():
+        reference = None
+    try:
+        result = grade_folder(Path(args.submissions), solutions, Path(args.output), timeout=args.cell_timeout,
+                              limits=limits, progress=lambda line: console.print(line, markup=False, highlight=False),
+                              capstone_secret=Path(args.capstone_secret) if args.capstone_secret else None,
+                              capstone_reference=reference)
+    except (FileNotFoundError, ValueError) as error:  # a missing folder or secret, a refused reference adapter
+        console.print(f"[red]{escape(str(error))}[/red]")
+        return 2
     table = Table(title=f"grades ({time.perf_counter() - started:.0f} s, {result.reused} reused from an earlier run)")
     for column in ("student", "notebook", "score", "note"):
         table.add_column(column)
@@ -305,6 +318,18 @@ def grade_command(args: argparse.Namespace) -> int:
         table.add_row(escape(g.student), g.notebook, f"{g.score:g} / {g.max_score:g}", escape(g.note))
     console.print(table)
     console.print(f"gradebook: {result.gradebook}\ngrades: {result.csv}\nfeedback: {result.feedback}")
+    return 0
+
+
+def leaderboard_command(args: argparse.Namespace) -> int:
+    """Write the capstone leaderboard (HTML and CSV) from a grading folder."""
+    try:
+        page, table = write_leaderboard(Path(args.grading_dir), Path(args.output) if args.output else None,
+                                        anonymize=args.anonymize)
+    except FileNotFoundError as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        return 2
+    console.print(f"leaderboard: {page}\nCSV: {table}")
     return 0
 
 
@@ -346,7 +371,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds a whole notebook may run (default: %(default)s)")
     p.add_argument("--memory-gb", type=float, default=Limits.memory_bytes / 2**30,
                    help="address space of a kernel in GiB (default: %(default)s)")
+    p.add_argument("--capstone-secret", help="file holding the secret that seeds the capstone's hidden test split "
+                   f"(default: {DEFAULT_SECRET}, made on first use; keep it out of every folder students see)")
+    p.add_argument("--capstone-reference", help="your own capstone adapter folder, scored as the leaderboard's "
+                   f"reference row (default: SOLUTIONS/{rules.ADAPTER_FOLDER} when it exists)")
     p.set_defaults(func=grade_command)
+    p = sub.add_parser("leaderboard", help=leaderboard_command.__doc__)
+    p.add_argument("grading_dir", help="the --output folder of `course grade`")
+    p.add_argument("--output", help="where leaderboard.html and leaderboard.csv go (default: the grading folder)")
+    p.add_argument("--anonymize", action="store_true", help="show stable pseudonyms instead of names, and no notes")
+    p.set_defaults(func=leaderboard_command)
     for name, func in (("release", release_command), ("check-release", check_release_command)):
         p = sub.add_parser(name, help=func.__doc__)
         p.add_argument("--solutions", default=str(REPO / "solutions"))

@@ -207,6 +207,19 @@ class Course:
                     grade.needs_manual_grade = False
             gradebook.db.commit()
 
+    def set_score(self, stem: str, student: str, grade_id: str, score: float) -> None:
+        """Put a score the grader decided outside the notebook (the capstone's adapter) on one graded cell."""
+        from nbgrader.api import Gradebook
+
+        with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}", "course") as gradebook:
+            found = [g for g in gradebook.find_submission_notebook(stem, stem, student).grades if g.name == grade_id]
+            if not found:
+                raise KeyError(f"{stem} has no graded cell {grade_id}")
+            found[0].auto_score = min(max(score, 0.0), found[0].max_score)
+            found[0].manual_score = None
+            found[0].needs_manual_grade = False
+            gradebook.db.commit()
+
     def _messages(self, stem: str, student: str, expected: dict[str, list[dict]] | None = None) -> dict[str, str]:
         """Why each graded cell of an autograded notebook failed ('' where it passed)."""
         path = self.autograded_notebook(stem, student)

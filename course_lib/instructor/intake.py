@@ -33,13 +33,14 @@ import stat
 import tempfile
 import unicodedata
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import nbformat
 
 MAX_NOTEBOOK_BYTES = 50 * 2**20
+MAX_ARTIFACT_FILE_BYTES = 64 * 2**20  # a file of a handed-in folder (the capstone's adapter); larger ones are refused
 MAX_UNZIPPED_BYTES = 200 * 2**20
 MAX_ZIP_MEMBERS = 10_000
 MAX_ZIP_RATIO = 200  # deflate tops out near 1000:1; notebooks pack 3-20:1, pages of repeated output more
@@ -58,6 +59,8 @@ class Submission:
     student: str  # unique, safe as a folder name
     notebooks: dict[str, Path]  # notebook stem -> our copy, for the notebooks found
     notes: dict[str, str]  # notebook stem -> what intake saw (the whole entry's notes first)
+    artifacts: dict[str, Path] = field(default_factory=dict)  # stem -> our copy of the folder it hands in beside it
+    artifact_notes: dict[str, str] = field(default_factory=dict)  # stem -> why no folder (or what was left out)
 
 
 @dataclass
@@ -133,8 +136,9 @@ def student_id(name: str) -> str:
 
 def open_submissions(submissions: Path, stems: list[str], into: Path,
                      progress: Callable[[str], None] = lambda line: None,
-                     skip: tuple[Path, ...] = ()) -> list[Submission]:
-    """Every entry of `submissions` as a Submission; our copies of their notebooks go under `into`."""
+                     skip: tuple[Path, ...] = (), artifacts: dict[str, str] | None = None) -> list[Submission]:
+    """Every entry of `submissions` as a Submission; our copies of their notebooks go under `into`, and of the
+    folders `artifacts` names (stem -> folder name, handed in beside that notebook) too."""
     entries, junk = _scan(Path(submissions), stems, skip)
     if junk:
         progress(f"ignored {', '.join(junk)}: operating-system files, not submissions")
@@ -147,13 +151,15 @@ def open_submissions(submissions: Path, stems: list[str], into: Path,
             progress(f"{printable(entry.name)}: {collision}")
         notes = [collision, *entry.notes] if collision else list(entry.notes)
         try:
-            notebooks, per_stem = _gather(entry, stems, Path(into) / student)
+            notebooks, per_stem, folders, folder_notes = _gather(entry, stems, Path(into) / student, artifacts or {})
         except Exception as error:  # whatever the entry holds, it must cost only its own grade
             notebooks, per_stem = {}, {stem: f"could not be read: {describe(error)}" for stem in stems}
+            folders, folder_notes = {}, {stem: f"could not be read: {describe(error)}" for stem in artifacts or {}}
         if entry.kind == "other":
             progress(f"{printable(entry.name)}: {entry.notes[0]}")
         found.append(Submission(printable(entry.name), student, notebooks,
-                                {stem: "; ".join(filter(None, [*notes, per_stem.get(stem, "")])) for stem in stems}))
+                                {stem: "; ".join(filter(None, [*notes, per_stem.get(stem, "")])) for stem in stems},
+                                folders, folder_notes))
     return found
 
 
@@ -213,12 +219,16 @@ def bare_stem(filename: str, stems: list[str]) -> str | None:
     return max(found, key=len) if found else None
 
 
-def _gather(entry: _Entry, stems: list[str], into: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """Copy the entry's notebooks into `into`: stem -> copy, and stem -> note."""
+def _gather(entry: _Entry, stems: list[str], into: Path, artifacts: dict[str, str]
+            ) -> tuple[dict[str, Path], dict[str, str], dict[str, Path], dict[str, str]]:
+    """Copy the entry's notebooks and handed-in folders into `into`: stem -> copy and stem -> note, for each."""
     notebooks: dict[str, Path] = {}
     notes: dict[str, str] = {}
+    folders: dict[str, Path] = {}
+    folder_notes = {stem: f"handed in without a folder, so no {name}/ beside the notebook"
+                    for stem, name in artifacts.items()}
     if entry.kind == "other":
-        return notebooks, notes
+        return notebooks, notes, folders, folder_notes
     if entry.kind == "bare":
         for stem in stems:
             mine = [p for p in entry.paths if bare_stem(p.name, stems) == stem]
@@ -228,7 +238,7 @@ def _gather(entry: _Entry, stems: list[str], into: Path) -> tuple[dict[str, Path
                 continue
             extra = f"{len(mine)} files for {stem}; graded {printable(mine[0].name)}" if len(mine) > 1 else ""
             notes[stem] = _take(mine[0], into / f"{stem}.ipynb", notebooks, stem, [extra])
-        return notebooks, notes
+        return notebooks, notes, folders, folder_notes
     with tempfile.TemporaryDirectory(prefix="unzip-") as scratch:
         folder = entry.paths[0]
         if entry.kind == "zip":
@@ -236,11 +246,56 @@ def _gather(entry: _Entry, stems: list[str], into: Path) -> tuple[dict[str, Path
                 folder = unpack_zip(folder, Path(scratch) / "files")
             except Exception as error:  # a broken or hostile zip: a note for this student only
                 problem = f"{printable(entry.paths[0].name)} could not be unpacked: {_reason(error)}"
-                return notebooks, {stem: problem for stem in stems}
+                return notebooks, {stem: problem for stem in stems}, folders, {stem: problem for stem in artifacts}
         for stem in stems:
             path, found = find_notebook(folder, stem)
             notes[stem] = _take(path, into / f"{stem}.ipynb", notebooks, stem, [found]) if path else found
-    return notebooks, notes
+        for stem, name in artifacts.items():
+            source, found = find_folder(folder, name)
+            folder_notes[stem] = found
+            if source is not None:
+                folders[stem], folder_notes[stem] = copy_folder(source, into / f"{stem}.{name}", found)
+    return notebooks, notes, folders, folder_notes
+
+
+def find_folder(folder: Path, name: str) -> tuple[Path | None, str]:
+    """The shallowest real folder called `name` under `folder`, links never followed, and a note on what was not."""
+    found, skipped = [], []
+    for parent, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_INSIDE)
+        for entry in sorted(set(dirs) | set(files)):
+            if entry == name:
+                path = Path(parent) / entry
+                kind = _kind(os.lstat(path).st_mode)
+                (found if kind == "a folder" else skipped).append(path)
+    notes = [f"ignored {printable(str(p.relative_to(folder)))}: {_kind(os.lstat(p).st_mode)}" for p in skipped]
+    if not found:
+        return None, "; ".join([f"no {name}/ folder in the submission", *notes])
+    found.sort(key=lambda p: (len(p.parts), str(p)))
+    if len(found) > 1:
+        notes.append(f"{len(found)} folders named {name}; took {printable(str(found[0].relative_to(folder)))}")
+    return found[0], "; ".join(notes)
+
+
+def copy_folder(source: Path, target: Path, note: str = "") -> tuple[Path, str]:
+    """Copy the regular files directly inside `source` (no links, none over MAX_ARTIFACT_FILE_BYTES) into `target`;
+    the copy and a note on what was left out."""
+    notes = [note] if note else []
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False):
+            notes.append(f"ignored {printable(source.name)}/{printable(entry.name)}: a folder (only the files "
+                         "directly inside are taken)")
+            continue
+        try:
+            data = read_regular(Path(entry.path), cap=MAX_ARTIFACT_FILE_BYTES)
+        except (ValueError, OSError) as error:
+            reason = str(error) if isinstance(error, ValueError) else describe(error)
+            notes.append(f"ignored {printable(source.name)}/{printable(entry.name)}: {reason}")
+            continue
+        (target / entry.name).write_bytes(data)
+    return target, "; ".join(notes)
 
 
 def _take(source: Path, target: Path, notebooks: dict[str, Path], stem: str, notes: list[str]) -> str:

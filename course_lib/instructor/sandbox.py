@@ -22,7 +22,9 @@ ctypes), the layers are:
   the box), TCP bind and connect only on the loopback ports of `LOCAL_PORTS` (ABI 4+), signals and abstract sockets beyond its own domain (ABI 6+);
 - CPU-time, address-space, file-size, process-count and core-dump limits (`setrlimit`).
 
-The wall-clock and output budgets are enforced from outside, by the grader (`execute.SafeExecute`).
+The same sandbox runs a job that is not a kernel (`--run MODULE`: `python -m MODULE FILE`, FILE in the box; the
+capstone's adapter evaluation, see `jobs.py`). The wall-clock and output budgets are enforced from outside, by the
+grader (`execute.SafeExecute`, `jobs.run_job`).
 `layers()` says which of these the machine gives; the grader refuses to start without the namespaces.
 """
 
@@ -34,6 +36,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import socket
@@ -381,8 +384,9 @@ def _wait_for(child: int) -> int:
             return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def _kernel(box: Path, connection: Path, limits: Limits) -> None:
-    """In the sandbox: shed the terminal, descriptors and privileges, add Landlock and limits, exec IPython."""
+def _kernel(box: Path, connection: Path, limits: Limits, module: str | None = None) -> None:
+    """In the sandbox: shed the terminal, descriptors and privileges, add Landlock and limits, exec IPython (or
+    `python -m module connection` for a job that is not a kernel; it answers on stdout, the log in the box)."""
     _isolate_descriptors(box / "kernel.log")
     _drop_privileges()
     writable = [Path("/tmp"), HOME, Path("/dev/shm")] + [Path("/dev") / name for name in _DEVICES]
@@ -397,6 +401,8 @@ def _kernel(box: Path, connection: Path, limits: Limits) -> None:
                COURSE_SANDBOX="namespaces+landlock" if landlocked else "namespaces")
     command = [sys.executable, "-m", "ipykernel_launcher", "-f", str(connection),
                "--HistoryManager.hist_file=:memory:", "--IPKernelApp.log_level=ERROR"]
+    if module is not None:
+        command = [sys.executable, "-m", module, str(connection)]
     os.execve(sys.executable, command, env)
 
 
@@ -405,7 +411,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m course_lib.instructor.sandbox")
     parser.add_argument("-f", dest="connection_file", required=True)
     parser.add_argument("--limits", default=Limits().to_json())
+    parser.add_argument("--run", metavar="MODULE", help="run `python -m MODULE FILE` instead of a kernel, where "
+                        "FILE (given as -f) is the job it reads")
     args = parser.parse_args(argv)
+    if args.run is not None and not re.fullmatch(r"course_lib(\.[a-z_]+)+", args.run) or \
+            (args.run or "").startswith("course_lib.instructor"):  # hidden inside the sandbox anyway
+        parser.error(f"--run takes a course_lib module outside the instructor package, not {args.run!r}")
     limits = Limits(**json.loads(args.limits))
     connection = Path(args.connection_file).resolve()
     box = connection.parent  # the grader made it for this kernel alone: the connection file and the sockets
@@ -426,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         _build_root(box, limits)
         kernel = os.fork()
         if kernel == 0:
-            _kernel(box, connection, limits)
+            _kernel(box, connection, limits, args.run)
     except BaseException as error:  # noqa: BLE001  (tell the grader's log why the kernel never started)
         print(f"course sandbox: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         os._exit(70)

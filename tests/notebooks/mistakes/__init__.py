@@ -48,7 +48,7 @@ class Mistake:
         return source.replace(self.old, self.new)
 
 
-MODULES = ("nb00", "nb01", "nb02", "nb03", "nb04", "nb05", "nb06", "nb07")
+MODULES = ("nb00", "nb01", "nb02", "nb03", "nb04", "nb05", "nb06", "nb07", "nb08")
 
 
 def _load(attribute: str) -> list:
