@@ -136,8 +136,12 @@ def _write_feedback(grade: NotebookGrade, out: Path, name: str) -> NotebookGrade
 def _grade_artifact(course: Course, grader: capstone.CapstoneGrader, submission: intake.Submission,
                     grade: NotebookGrade, max_points: float) -> NotebookGrade:
     """Score the adapter handed in with a capstone notebook and put its points on the artifact's cell."""
-    result = grader.grade(submission.student, submission.name, submission.artifacts.get(grade.notebook), max_points,
-                          submission.artifact_notes.get(grade.notebook, ""))
+    try:
+        result = grader.grade(submission.student, submission.name, submission.artifacts.get(grade.notebook),
+                              max_points, submission.artifact_notes.get(grade.notebook, ""))
+    except Exception as error:  # noqa: BLE001  (the batch must finish: this adapter gets zero, with the reason)
+        result = capstone.ArtifactResult(submission.student, submission.name, None, 0.0, max_points,
+                                         f"the grader failed on the adapter: {intake.describe(error)}: 0/{max_points:g}")
     try:
         course.set_score(grade.notebook, submission.student, capstone.ARTIFACT_CELL, result.points)
     except Exception as error:  # noqa: BLE001  (the CSV still gets the points; the gradebook's failure is noted)

@@ -48,6 +48,7 @@ from course_lib.capstone import rules
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.capstone import DEFAULT_SECRET
 from course_lib.instructor.grading import CELL_TIMEOUT_S, leaked_markers, notebook_json, release
+from course_lib.instructor.jobs import JobError
 from course_lib.instructor.leaderboard import write_leaderboard
 from course_lib.instructor.run_progress import RunProgress, code_cells
 from course_lib.instructor.sandbox import Limits, layers
@@ -308,7 +309,8 @@ def grade_command(args: argparse.Namespace) -> int:
                               limits=limits, progress=lambda line: console.print(line, markup=False, highlight=False),
                               capstone_secret=Path(args.capstone_secret) if args.capstone_secret else None,
                               capstone_reference=reference)
-    except (FileNotFoundError, ValueError) as error:  # a missing folder or secret, a refused reference adapter
+    except (FileNotFoundError, ValueError, JobError) as error:  # a missing folder or secret, a refused reference
+        # adapter, or a baseline that could not be scored
         console.print(f"[red]{escape(str(error))}[/red]")
         return 2
     table = Table(title=f"grades ({time.perf_counter() - started:.0f} s, {result.reused} reused from an earlier run)")

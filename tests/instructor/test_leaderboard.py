@@ -129,3 +129,27 @@ def test_the_leaderboard_command_writes_both_files_and_names_a_missing_folder(tm
     assert (tmp_path / "out" / "leaderboard.html").is_file() and (tmp_path / "out" / "leaderboard.csv").is_file()
     assert main(["leaderboard", str(tmp_path / "nothing")]) == 2
     assert "course grade" in capsys.readouterr().out
+
+
+def test_a_grader_failure_on_one_adapter_costs_that_adapter_only(tmp_path):
+    """Fault injection: whatever breaks while scoring an adapter, the batch goes on with zero and the reason."""
+    from course_lib.instructor import batch
+    from course_lib.instructor.grading import CellGrade, NotebookGrade
+
+    class Broken:
+        def grade(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    class Gradebook:
+        scores = {}
+
+        def set_score(self, stem, student, grade_id, score):
+            self.scores[(stem, student, grade_id)] = score
+
+    submission = intake.Submission("Ana", "ana", {}, {}, {STEM: tmp_path}, {})
+    grade = NotebookGrade(STEM, "ana", (CellGrade("test_x", 2.0, 2.0), CellGrade("capstone_adapter", 6.0, 6.0)))
+    book = Gradebook()
+    got = batch._grade_artifact(book, Broken(), submission, grade, 6.0)
+    assert {c.name: c.score for c in got.cells} == {"test_x": 2.0, "capstone_adapter": 0.0}
+    assert "the grader failed on the adapter: OSError: disk full" in got.note
+    assert book.scores == {(STEM, "ana", "capstone_adapter"): 0.0}
