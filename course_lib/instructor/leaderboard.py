@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from course_lib.capstone import rules
+from course_lib.instructor.batch import _text  # the gradebook CSV's guard against spreadsheet formulas
 
 COLUMNS = ["rank", "entry", "kind", "score", "intent_f1", "priority_f1", "points", "max_points", "note"]
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.4}"
@@ -87,15 +88,10 @@ def write_csv(rows: list[Row], path: Path) -> Path:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for rank, r in zip(_ranks(rows), rows):
-            writer.writerow([rank, _cell(r.entry), r.kind, _number(r.score), _number(r.intent_f1),
+            writer.writerow([rank, _text(r.entry), r.kind, _number(r.score), _number(r.intent_f1),
                              _number(r.priority_f1), "" if r.points is None else f"{r.points:g}",
-                             "" if r.max_points is None else f"{r.max_points:g}", _cell(r.note)])
+                             "" if r.max_points is None else f"{r.max_points:g}", _text(r.note)])
     return Path(path)
-
-
-def _cell(value: str) -> str:
-    """Text a spreadsheet shows as text: a leading = + - @ would otherwise make it a formula."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def write_html(rows: list[Row], path: Path, title: str = "Capstone leaderboard") -> Path:
