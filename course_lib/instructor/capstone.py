@@ -121,45 +121,64 @@ class CapstoneGrader:
         return kept
 
     def _evaluate(self, adapter: Path | None) -> dict:
-        started = time.perf_counter()
-        job = {"adapter": "adapter" if adapter is not None else None, "tickets": self.tickets}
-        files = {"adapter": adapter} if adapter is not None else {}
-        metrics = run_job(EVALUATOR, job, files, self.limits, timeout=JOB_TIMEOUT_S)
-        if "error" in metrics:
-            raise JobError(metrics["error"])
-        return {**metrics, "seconds": round(time.perf_counter() - started, 2)}
+        return evaluate_adapter(adapter, self.tickets, self.limits)
+
+    def cached(self, student: str, digest: str, max_points: float) -> ArtifactResult | None:
+        """The result kept from an earlier run for this very adapter, split and baseline; None when there is none."""
+        kept = self.folder / "students" / f"{student}.json"
+        if not kept.is_file():
+            return None
+        earlier = json.loads(kept.read_text(encoding="utf-8"))
+        if earlier.get("adapter_sha256") == digest and earlier.get("split_id") == self.split_id \
+                and earlier.get("max_points") == max_points and earlier.get("baseline") == self.baseline["score"]:
+            earlier.pop("split_id"), earlier.pop("baseline")
+            return ArtifactResult(**earlier)
+        return None
+
+    def keep(self, result: ArtifactResult) -> None:
+        """Keep a student's result for the leaderboard and for a resumed run."""
+        kept = self.folder / "students" / f"{result.student}.json"
+        kept.write_text(json.dumps({**asdict(result), "split_id": self.split_id, "baseline": self.baseline["score"]},
+                                   indent=1), encoding="utf-8")
 
     def grade(self, student: str, name: str, adapter: Path | None, max_points: float, found_note: str = ""
               ) -> ArtifactResult:
-        """Check and score one student's adapter; the result is also kept for the leaderboard."""
+        """Check and score one student's adapter here; the result is also kept for the leaderboard."""
         digest = folder_sha256(adapter)
-        kept = self.folder / "students" / f"{student}.json"
-        if kept.is_file():
-            earlier = json.loads(kept.read_text(encoding="utf-8"))
-            if earlier.get("adapter_sha256") == digest and earlier.get("split_id") == self.split_id \
-                    and earlier.get("max_points") == max_points and earlier.get("baseline") == self.baseline["score"]:
-                earlier.pop("split_id"), earlier.pop("baseline")
-                return ArtifactResult(**earlier)
-        result = self._grade(student, name, adapter, max_points, found_note, digest)
-        kept.write_text(json.dumps({**asdict(result), "split_id": self.split_id, "baseline": self.baseline["score"]},
-                                   indent=1), encoding="utf-8")
+        result = self.cached(student, digest, max_points)
+        if result is None:
+            result = score_adapter(student, name, adapter, max_points, found_note, self.baseline["score"],
+                                   self.tickets, self.limits, digest)
+            self.keep(result)
         return result
 
-    def _grade(self, student: str, name: str, adapter: Path | None, max_points: float, found_note: str,
-               digest: str) -> ArtifactResult:
-        baseline = self.baseline["score"]
-        if adapter is None:
-            why = found_note or f"no {rules.ADAPTER_FOLDER}/ folder in the submission"
-            return ArtifactResult(student, name, None, 0.0, max_points, f"adapter: {why}: 0/{max_points:g}")
-        problems = check_adapter(adapter)
-        if problems:
-            return ArtifactResult(student, name, None, 0.0, max_points,
-                                  f"adapter refused: {'; '.join(problems)}: 0/{max_points:g}", adapter_sha256=digest)
-        try:
-            metrics = self._evaluate(adapter)
-        except JobError as error:
-            return ArtifactResult(student, name, None, 0.0, max_points,
-                                  f"adapter could not be scored: {error}: 0/{max_points:g}", adapter_sha256=digest)
-        score = float(metrics["score"])
-        return ArtifactResult(student, name, score, rules.points(score, baseline, max_points), max_points,
-                              rules.explain(score, baseline, max_points), metrics, metrics["seconds"], digest)
+
+def evaluate_adapter(adapter: Path | None, tickets: list[dict], limits: Limits) -> dict:
+    """Score an adapter (None: the base model alone) on `tickets` in a sandboxed job; its metrics and seconds."""
+    started = time.perf_counter()
+    job = {"adapter": "adapter" if adapter is not None else None, "tickets": tickets}
+    files = {"adapter": adapter} if adapter is not None else {}
+    metrics = run_job(EVALUATOR, job, files, limits, timeout=JOB_TIMEOUT_S)
+    if "error" in metrics:
+        raise JobError(metrics["error"])
+    return {**metrics, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def score_adapter(student: str, name: str, adapter: Path | None, max_points: float, found_note: str,
+                  baseline: float, tickets: list[dict], limits: Limits, digest: str = "") -> ArtifactResult:
+    """Check one student's adapter and score it on the hidden rows: points by the notebook's thresholds."""
+    if adapter is None:
+        why = found_note or f"no {rules.ADAPTER_FOLDER}/ folder in the submission"
+        return ArtifactResult(student, name, None, 0.0, max_points, f"adapter: {why}: 0/{max_points:g}")
+    problems = check_adapter(adapter)
+    if problems:
+        return ArtifactResult(student, name, None, 0.0, max_points,
+                              f"adapter refused: {'; '.join(problems)}: 0/{max_points:g}", adapter_sha256=digest)
+    try:
+        metrics = evaluate_adapter(adapter, tickets, limits)
+    except JobError as error:
+        return ArtifactResult(student, name, None, 0.0, max_points,
+                              f"adapter could not be scored: {error}: 0/{max_points:g}", adapter_sha256=digest)
+    score = float(metrics["score"])
+    return ArtifactResult(student, name, score, rules.points(score, baseline, max_points), max_points,
+                          rules.explain(score, baseline, max_points), metrics, metrics["seconds"], digest)

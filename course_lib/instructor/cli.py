@@ -1,4 +1,4 @@
-"""The `course` command: doctor, prepare, run, release, check-release, grade."""
+"""The `course` command: doctor, prepare, run, release, check-release, grade, report, leaderboard, data."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from course_lib import __version__
@@ -50,6 +51,9 @@ from course_lib.instructor.capstone import DEFAULT_SECRET
 from course_lib.instructor.grading import CELL_TIMEOUT_S, leaked_markers, notebook_json, release
 from course_lib.instructor.jobs import JobError
 from course_lib.instructor.leaderboard import write_leaderboard
+from course_lib.instructor.lms import read_roster, write_canvas, write_moodle
+from course_lib.instructor.report import read_results, write_report
+from course_lib.instructor.runners import default_workers
 from course_lib.instructor.run_progress import RunProgress, code_cells
 from course_lib.instructor.sandbox import Limits, layers
 
@@ -304,13 +308,27 @@ def grade_command(args: argparse.Namespace) -> int:
         Path(args.solutions) / rules.ADAPTER_FOLDER  # where running solutions/08 in full leaves the adapter
     if not args.capstone_reference and not reference.is_dir():
         reference = None
+    workers = args.workers
+    if workers is not None and workers < 1:
+        console.print(f"[red]--workers must be 1 or more, not {workers}[/red]")
+        return 2
+    if args.dask:
+        console.print(f"grading on the Dask cluster at {args.dask}")
+    elif workers is None:
+        workers, why = default_workers()
+        console.print(f"grading with {why} (set --workers to change)")
+    bar = Progress(TextColumn("grading"), BarColumn(), MofNCompleteColumn(), TextColumn("notebooks"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    task = bar.add_task("grading", total=None)
     try:
-        result = grade_folder(Path(args.submissions), solutions, Path(args.output), timeout=args.cell_timeout,
-                              limits=limits, progress=lambda line: console.print(line, markup=False, highlight=False),
-                              capstone_secret=Path(args.capstone_secret) if args.capstone_secret else None,
-                              capstone_reference=reference)
-    except (FileNotFoundError, ValueError, JobError) as error:  # a missing folder or secret, a refused reference
-        # adapter, or a baseline that could not be scored
+        with bar:
+            result = grade_folder(Path(args.submissions), solutions, Path(args.output), timeout=args.cell_timeout,
+                                  limits=limits, progress=lambda line: console.print(line, markup=False, highlight=False),
+                                  capstone_secret=Path(args.capstone_secret) if args.capstone_secret else None,
+                                  capstone_reference=reference, workers=workers or 1, dask=args.dask,
+                                  tick=lambda done, total: bar.update(task, completed=done, total=total))
+    except (FileNotFoundError, ValueError, JobError, RuntimeError) as error:  # a missing folder or secret, a refused
+        # reference adapter, a baseline that could not be scored, a Dask scheduler that does not answer
         console.print(f"[red]{escape(str(error))}[/red]")
         return 2
     table = Table(title=f"grades ({time.perf_counter() - started:.0f} s, {result.reused} reused from an earlier run)")
@@ -320,6 +338,26 @@ def grade_command(args: argparse.Namespace) -> int:
         table.add_row(escape(g.student), g.notebook, f"{g.score:g} / {g.max_score:g}", escape(g.note))
     console.print(table)
     console.print(f"gradebook: {result.gradebook}\ngrades: {result.csv}\nfeedback: {result.feedback}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """Write the class report (HTML) and gradebook imports for Canvas and Moodle from a grading folder."""
+    output = Path(args.output) if args.output else Path(args.grading_dir)
+    try:
+        grades = read_results(Path(args.grading_dir))
+        roster = read_roster(Path(args.roster)) if args.roster else None
+        page = write_report(Path(args.grading_dir), output)
+        canvas = write_canvas(grades, output / "canvas.csv", roster)
+        moodle = write_moodle(grades, output / "moodle.csv", roster)
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        return 2
+    console.print(f"report: {page}\nCanvas import: {canvas.path} ({canvas.rows} students)\n"
+                  f"Moodle import: {moodle.path} ({moodle.rows} students)")
+    if canvas.unmatched:
+        console.print(f"[yellow]not in the roster, left out of both imports: {escape(', '.join(canvas.unmatched))}"
+                      "[/yellow]")
     return 0
 
 
@@ -377,7 +415,17 @@ def main(argv: list[str] | None = None) -> int:
                    f"(default: {DEFAULT_SECRET}, made on first use; keep it out of every folder students see)")
     p.add_argument("--capstone-reference", help="your own capstone adapter folder, scored as the leaderboard's "
                    f"reference row (default: SOLUTIONS/{rules.ADAPTER_FOLDER} when it exists)")
+    p.add_argument("--workers", type=int, help="notebooks graded at once on this machine, each in its own process "
+                   "and sandbox (default: what the cores and free memory allow)")
+    p.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="grade on a Dask cluster instead (e.g. "
+                   "tcp://10.0.0.5:8786); its workers need this course installed, nothing shared")
     p.set_defaults(func=grade_command)
+    p = sub.add_parser("report", help=report_command.__doc__)
+    p.add_argument("grading_dir", help="the --output folder of `course grade`")
+    p.add_argument("--output", help="where report.html, canvas.csv and moodle.csv go (default: the grading folder)")
+    p.add_argument("--roster", help="the gradebook CSV your LMS exported (Canvas or Moodle): its ids go into the "
+                   "imports")
+    p.set_defaults(func=report_command)
     p = sub.add_parser("leaderboard", help=leaderboard_command.__doc__)
     p.add_argument("grading_dir", help="the --output folder of `course grade`")
     p.add_argument("--output", help="where leaderboard.html and leaderboard.csv go (default: the grading folder)")

@@ -186,6 +186,16 @@ class Course:
         scratch.replace(cache)  # atomic: courses sharing the folder never read half a file
         return found
 
+    def seed_reference(self, stem: str, reports: dict[str, list[dict]], profile: str = "grade") -> None:
+        """Cache reference reports computed elsewhere (by another process or machine, from the same source)."""
+        cache = self._reference_path(stem, profile)
+        if cache.exists():
+            return
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        scratch = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        scratch.write_text(json.dumps(reports), encoding="utf-8")
+        scratch.replace(cache)
+
     def _reference_path(self, stem: str, profile: str) -> Path:
         source = (self.root / "source" / stem / f"{stem}.ipynb").read_bytes()
         return self.references / f"{stem}-{hashlib.sha256(source + profile.encode()).hexdigest()[:16]}.json"
@@ -219,6 +229,32 @@ class Course:
             found[0].manual_score = None
             found[0].needs_manual_grade = False
             gradebook.db.commit()
+
+    def record(self, grade: NotebookGrade, autograded: bytes | None = None) -> None:
+        """Write a grade reached in another course folder (a worker's) into this gradebook, with its executed notebook."""
+        from nbgrader.api import Gradebook
+
+        scores = {c.name: c.score for c in grade.cells}
+        with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}", "course") as gradebook:
+            gradebook.update_or_create_student(grade.student)
+            submission = gradebook.update_or_create_submission(grade.notebook, grade.student)
+            for notebook in submission.notebooks:
+                for cell in notebook.grades:
+                    cell.auto_score = min(max(scores.get(cell.name, 0.0), 0.0), cell.max_score)
+                    cell.manual_score = None
+                    cell.needs_manual_grade = False
+            gradebook.db.commit()
+        target = self.autograded_notebook(grade.notebook, grade.student)
+        shutil.rmtree(target.parent, ignore_errors=True)
+        if autograded is not None:
+            target.parent.mkdir(parents=True)
+            target.write_bytes(autograded)
+
+    def graded_cells(self, stem: str) -> list[tuple[str, float]]:
+        """The graded cells of the released notebook: (grade id, points)."""
+        released = nbformat.read(self.student_notebook(stem), as_version=4)
+        return [(c.metadata["nbgrader"]["grade_id"], float(c.metadata["nbgrader"]["points"]))
+                for c in released.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade")]
 
     def _messages(self, stem: str, student: str, expected: dict[str, list[dict]] | None = None) -> dict[str, str]:
         """Why each graded cell of an autograded notebook failed ('' where it passed)."""

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.sandbox import Limits, landlock_abi
+from tests.helpers import slow_extra
 from tests.instructor.ordinary_user import NOBODY, as_ordinary_user
 from tests.instructor.tiny_assignment import FULL, STEM, TINY, graded_cell, solution, wrong_is_even
 
@@ -333,7 +335,8 @@ BUDGET_ONLY = frozenset({"infinite_loop", "swallows_interrupts", "sleeps_under_t
 
 @pytest.mark.skipif(os.getuid() != 0, reason="the suite already runs as an ordinary user")
 def test_an_ordinary_user_grades_the_hostile_class_alike(batch, tmp_path_factory):
-    """The README's command, run by an ordinary user from a folder outside the repository, in a terminal."""
+    """The README's command, run by an ordinary user from a folder outside the repository, in a terminal, on two
+    worker processes: the same scores as the batch graded by one."""
     _, result, root, outside = batch
     place = Path(tempfile.mkdtemp(prefix="course-class-"))  # /tmp, not pytest's folder: root-only
     try:
@@ -344,6 +347,7 @@ def test_an_ordinary_user_grades_the_hostile_class_alike(batch, tmp_path_factory
         for path in [place, *place.rglob("*")]:
             os.chmod(path, 0o777 if path.is_dir() else 0o666, follow_symlinks=False) if not path.is_symlink() else None
         command = [str(Path(sys.executable).parent / "course"), "grade", "submissions", "--output", "grading",
+                   "--workers", "2",
                    "--solutions", str(place), "--cell-timeout", str(TIMEOUT),
                    "--notebook-timeout", str(LIMITS.notebook_seconds), "--memory-gb", str(LIMITS.memory_bytes / 2**30)]
         wrapped = as_ordinary_user(command, place / "home")
@@ -357,3 +361,65 @@ def test_an_ordinary_user_grades_the_hostile_class_alike(batch, tmp_path_factory
         assert not outside.exists()
     finally:
         shutil.rmtree(place, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def dask_address(tmp_path_factory):
+    """A real Dask cluster: a scheduler and two workers, each its own process started with the `dask` command."""
+    folder = tmp_path_factory.mktemp("dask")
+    scheduler_file = folder / "scheduler.json"
+    dask = str(Path(sys.executable).parent / "dask")
+    common = ["--no-dashboard"]
+    processes = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(scheduler_file), "--port", "0",
+                                   "--host", "127.0.0.1", *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 120
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline and processes[0].poll() is None, "the Dask scheduler did not start"
+            time.sleep(0.2)
+        for _ in range(2):  # --memory-limit 0: a worker's kernels are processes of their own, with their own limits
+            processes.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads",
+                                               "1", "--memory-limit", "0", "--host", "127.0.0.1", *common],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        address = json.loads(scheduler_file.read_text())["address"]
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _grade_in_parallel(batch, tmp_path_factory, address, leave_out, workers):
+    """The hostile class (less `leave_out`) graded on the Dask cluster and, with `workers`, by two local processes:
+    scores equal to one worker's, and nothing written outside."""
+    _, result, root, outside = batch
+    place = tmp_path_factory.mktemp("parallel")
+    shutil.copytree(root / "submissions", place / "submissions", symlinks=True,
+                    ignore=lambda folder, names: leave_out & set(names))
+    expected = _scores(result.csv, leave_out=leave_out)
+    on_dask = grade_folder(place / "submissions", [TINY], place / "dask", timeout=TIMEOUT, limits=LIMITS, dask=address)
+    assert _scores(on_dask.csv) == expected
+    assert (on_dask.csv.parent / "results.json").is_file() and (on_dask.feedback / "honest_last").is_dir()
+    if workers:
+        two = grade_folder(place / "submissions", [TINY], place / "two", timeout=TIMEOUT, limits=LIMITS, workers=2)
+        assert _scores(two.csv) == expected
+    assert not outside.exists()
+
+
+def test_a_dask_cluster_and_two_workers_grade_the_hostile_class_alike(batch, tmp_path_factory, dask_address):
+    """Without the submissions that only wait out a clock (most of the class's time; the slow test has them). As
+    root, the ordinary user's test above grades on two workers (`--workers 2`), so this one does not again."""
+    _grade_in_parallel(batch, tmp_path_factory, dask_address, BUDGET_ONLY, workers=os.getuid() != 0)
+
+
+@slow_extra("slow: the whole hostile class again on two workers and on Dask, about 6 minutes on 2 cores")
+def test_the_whole_hostile_class_grades_alike_in_parallel(batch, tmp_path_factory, dask_address):
+    _grade_in_parallel(batch, tmp_path_factory, dask_address, frozenset(), workers=True)

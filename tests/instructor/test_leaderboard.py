@@ -131,25 +131,33 @@ def test_the_leaderboard_command_writes_both_files_and_names_a_missing_folder(tm
     assert "course grade" in capsys.readouterr().out
 
 
-def test_a_grader_failure_on_one_adapter_costs_that_adapter_only(tmp_path):
-    """Fault injection: whatever breaks while scoring an adapter, the batch goes on with zero and the reason."""
-    from course_lib.instructor import batch
+def test_a_grader_failure_on_one_adapter_costs_that_adapter_only(tmp_path, monkeypatch):
+    """Fault injection: whatever breaks while scoring an adapter, the unit answers zero and the reason."""
+    from course_lib.instructor import capstone, units
     from course_lib.instructor.grading import CellGrade, NotebookGrade
+    from course_lib.instructor.sandbox import Limits
 
-    class Broken:
-        def grade(self, *args, **kwargs):
-            raise OSError("disk full")
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
 
-    class Gradebook:
-        scores = {}
-
-        def set_score(self, stem, student, grade_id, score):
-            self.scores[(stem, student, grade_id)] = score
-
-    submission = intake.Submission("Ana", "ana", {}, {}, {STEM: tmp_path}, {})
+    monkeypatch.setattr(capstone, "score_adapter", broken)
+    job = units.ArtifactJob({"adapter_config.json": b"{}"}, "", 6.0, 0.07, [], "abc")
+    unit = units.Unit(STEM, b"", "ana", "Ana", None, {}, 10, Limits(), artifact=job)
+    result = units.score_artifact(unit, tmp_path / "adapter")
+    assert result.points == 0.0 and result.score is None
+    assert "the grader failed on the adapter: OSError: disk full" in result.note
     grade = NotebookGrade(STEM, "ana", (CellGrade("test_x", 2.0, 2.0), CellGrade("capstone_adapter", 6.0, 6.0)))
-    book = Gradebook()
-    got = batch._grade_artifact(book, Broken(), submission, grade, 6.0)
+    got = units.with_artifact(grade, result)
     assert {c.name: c.score for c in got.cells} == {"test_x": 2.0, "capstone_adapter": 0.0}
-    assert "the grader failed on the adapter: OSError: disk full" in got.note
-    assert book.scores == {(STEM, "ana", "capstone_adapter"): 0.0}
+    assert result.note in got.note
+
+
+def test_an_adapter_file_name_that_is_a_path_is_refused(tmp_path):
+    from course_lib.instructor import units
+    from course_lib.instructor.sandbox import Limits
+
+    job = units.ArtifactJob({"../escape.json": b"{}"}, "", 6.0, 0.07, [], "abc")
+    result = units.score_artifact(units.Unit(STEM, b"", "ana", "Ana", None, {}, 10, Limits(), artifact=job),
+                                  tmp_path / "adapter")
+    assert result.points == 0.0 and "not a plain file name" in result.note
+    assert not (tmp_path / "escape.json").exists()
