@@ -104,7 +104,7 @@ def main() -> None:
         print(f"  parallel efficiency at {setting}: {efficiency:.2f}")
         for n in (1, 2, 8, 32, 128):
             hours = STUDENTS * serial / (n * (efficiency if n > 1 else 1.0)) / 3600
-            print(f"    {n:4d} cores: {hours:7.1f} h")
+            print(f"    {n:4d} workers (one per core): {hours:7.1f} h")
     if args.json:
         Path(args.json).write_text(json.dumps({"cores": cores(), "students": args.students, "settings": settings,
                                                "seconds_per_submission": measured}, indent=1))
