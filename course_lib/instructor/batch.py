@@ -104,8 +104,7 @@ def grade_folder(submissions: Path, solutions: list[Path], out: Path,
         batch.run()
     finally:
         runner.close()
-        units.forget_courses(work)
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # the local workers' course folders
     grades = [batch.grades[order] for order in sorted(batch.grades)]
     _write_csv(grades, names, csv_path)
     _write_results(batch, out / RESULTS)
@@ -266,10 +265,12 @@ class _Batch:
             artifact = units.ArtifactJob(units.pack_folder(folder), submission.artifact_notes.get(stem, ""),
                                          self.artifacts[stem], self.grader.baseline["score"], self.grader.tickets,
                                          capstone.folder_sha256(folder))
-        threads = max(1, runners.cores() // self.runner.workers) if not self.runner.remote else 0
+        # local workers share out the cores; a Dask worker's machine keeps its own setting
+        local = self.runner.workers > 1 and not self.runner.remote
+        threads = max(1, runners.cores() // self.runner.workers) if local else 0
         return units.Unit(stem, self.solution_bytes[stem], submission.student, submission.name,
                           notebook.read_bytes() if notebook else None, self.references[stem], self.timeout,
-                          self.limits, threads if self.runner.workers > 1 else 0, artifact)
+                          self.limits, threads, artifact)
 
     def _lost(self, job: _Job, error: BaseException) -> units.Graded:
         """A unit whose worker died or could not run it: zero, with the reason."""
@@ -297,8 +298,10 @@ class _Batch:
         elif graded.artifact is not None:
             try:
                 self.course.set_score(stem, student, capstone.ARTIFACT_CELL, graded.artifact.points)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:  # noqa: BLE001  (the CSV still gets the points; the gradebook's failure is noted)
                 _log_error(self.out, student, stem, error)
+                grade = NotebookGrade(grade.notebook, grade.student, grade.cells, "; ".join(filter(None, [
+                    grade.note, f"the gradebook could not be updated: {intake.describe(error)}"])))
         if graded.error:
             _log_error(self.out, student, stem, graded.error)
         if graded.artifact is not None and self.grader is not None:

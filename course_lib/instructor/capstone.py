@@ -115,13 +115,10 @@ class CapstoneGrader:
                 return kept
         if adapter is not None and (problems := check_adapter(adapter)):
             raise ValueError(f"the reference adapter {adapter} is refused: {'; '.join(problems)}")
-        metrics = self._evaluate(adapter)
+        metrics = evaluate_adapter(adapter, self.tickets, self.limits)
         kept = {"key": key, "role": role, **metrics}
         path.write_text(json.dumps(kept, indent=1), encoding="utf-8")
         return kept
-
-    def _evaluate(self, adapter: Path | None) -> dict:
-        return evaluate_adapter(adapter, self.tickets, self.limits)
 
     def cached(self, student: str, digest: str, max_points: float) -> ArtifactResult | None:
         """The result kept from an earlier run for this very adapter, split and baseline; None when there is none."""

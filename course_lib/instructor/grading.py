@@ -179,11 +179,7 @@ class Course:
                 failing.append(f"{grade_id} ({verdict.first_error(cell)})")
         if failing:
             raise RuntimeError(f"the reference solution of {stem} fails its own tests: {'; '.join(failing)}")
-        cache = self._reference_path(stem, profile)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        scratch = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        scratch.write_text(json.dumps(found), encoding="utf-8")
-        scratch.replace(cache)  # atomic: courses sharing the folder never read half a file
+        self.seed_reference(stem, found, profile)
         return found
 
     def seed_reference(self, stem: str, reports: dict[str, list[dict]], profile: str = "grade") -> None:
@@ -194,7 +190,7 @@ class Course:
         cache.parent.mkdir(parents=True, exist_ok=True)
         scratch = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
         scratch.write_text(json.dumps(reports), encoding="utf-8")
-        scratch.replace(cache)
+        scratch.replace(cache)  # atomic: courses sharing the folder never read half a file
 
     def _reference_path(self, stem: str, profile: str) -> Path:
         source = (self.root / "source" / stem / f"{stem}.ipynb").read_bytes()
@@ -232,18 +228,7 @@ class Course:
 
     def record(self, grade: NotebookGrade, autograded: bytes | None = None) -> None:
         """Write a grade reached in another course folder (a worker's) into this gradebook, with its executed notebook."""
-        from nbgrader.api import Gradebook
-
-        scores = {c.name: c.score for c in grade.cells}
-        with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}", "course") as gradebook:
-            gradebook.update_or_create_student(grade.student)
-            submission = gradebook.update_or_create_submission(grade.notebook, grade.student)
-            for notebook in submission.notebooks:
-                for cell in notebook.grades:
-                    cell.auto_score = min(max(scores.get(cell.name, 0.0), 0.0), cell.max_score)
-                    cell.manual_score = None
-                    cell.needs_manual_grade = False
-            gradebook.db.commit()
+        self._write_scores(grade.notebook, grade.student, {c.name: c.score for c in grade.cells})
         target = self.autograded_notebook(grade.notebook, grade.student)
         shutil.rmtree(target.parent, ignore_errors=True)
         if autograded is not None:
@@ -283,18 +268,22 @@ class Course:
 
     def _zero(self, stem: str, student: str, note: str) -> NotebookGrade:
         """Record zero for every exercise of a notebook that could not be graded, as nbgrader does for a missing one."""
+        self._write_scores(stem, student, {})
+        return self._read(stem, student, note)
+
+    def _write_scores(self, stem: str, student: str, scores: dict[str, float]) -> None:
+        """Set every graded cell of a student's submission (made if missing) to its score in `scores` (else 0)."""
         from nbgrader.api import Gradebook
 
         with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}", "course") as gradebook:
             gradebook.update_or_create_student(student)
             submission = gradebook.update_or_create_submission(stem, student)
             for notebook in submission.notebooks:
-                for grade in notebook.grades:
-                    grade.auto_score = 0
-                    grade.manual_score = None
-                    grade.needs_manual_grade = False
+                for cell in notebook.grades:
+                    cell.auto_score = min(max(scores.get(cell.name, 0.0), 0.0), cell.max_score)
+                    cell.manual_score = None
+                    cell.needs_manual_grade = False
             gradebook.db.commit()
-        return self._read(stem, student, note)
 
     def cleanup(self) -> None:
         """Delete the course folder."""

@@ -16,6 +16,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from course_lib.instructor.batch import RESULTS
 from course_lib.instructor.feedback import message
@@ -78,7 +79,7 @@ def failure_messages(grades: list[dict]) -> dict[tuple[str, str], Counter]:
 
 
 def _short(cell: dict) -> str:
-    return message(type("Cell", (), cell)()) or "failed"
+    return message(SimpleNamespace(**cell)) or "failed"
 
 
 def _svg(figure) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import time
 import traceback
@@ -169,11 +168,3 @@ def pack_folder(folder: Path | None) -> dict[str, bytes] | None:
     if folder is None:
         return None
     return {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir()) if path.is_file()}
-
-
-def forget_courses(work: Path) -> None:
-    """Delete the course folders this process made under `work` (the end of a local run)."""
-    for key, course in list(_courses.items()):
-        if Path(work).resolve() in course.root.parents:
-            shutil.rmtree(course.root.parent, ignore_errors=True)
-            del _courses[key]
