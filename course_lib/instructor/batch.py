@@ -262,9 +262,10 @@ class _Batch:
         artifact = None
         if stem in self.artifacts:
             folder = submission.artifacts.get(stem)
+            digest = capstone.folder_sha256(folder)
             artifact = units.ArtifactJob(units.pack_folder(folder), submission.artifact_notes.get(stem, ""),
                                          self.artifacts[stem], self.grader.baseline["score"], self.grader.tickets,
-                                         capstone.folder_sha256(folder))
+                                         digest, self.grader.measured(digest))
         # local workers share out the cores; a Dask worker's machine keeps its own setting
         local = self.runner.workers > 1 and not self.runner.remote
         threads = max(1, runners.cores() // self.runner.workers) if local else 0

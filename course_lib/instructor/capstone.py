@@ -28,6 +28,7 @@ ARTIFACT_CELL = "capstone_adapter"  # the grade id of notebook 08's cell whose p
 EVALUATOR = "course_lib.capstone.evaluate"
 JOB_TIMEOUT_S = 300  # the evaluation takes under a minute on 2 cores; this only stops a stuck one
 DEFAULT_SECRET = Path.home() / ".config" / "course" / "capstone-secret"
+REUSED = "the same adapter bytes were already scored on this split: that score is reused"
 HIDDEN_ROWS = 120  # enough to tell 0.8 from 0.7 macro-F1; evaluated in under a minute on 2 cores
 
 
@@ -104,6 +105,7 @@ class CapstoneGrader:
         self.split_id = hashlib.sha256((secret + str(n_test)).encode()).hexdigest()[:16]  # names, never reveals
         self.baseline = self._cached("baseline", None)
         self.reference = self._cached("reference", Path(reference)) if reference is not None else None
+        self._scored: dict[str, dict] | None = None  # adapter digest -> its metrics on this split, built on first use
 
     def _cached(self, role: str, adapter: Path | None) -> dict:
         """The score of the base model (role baseline) or of the instructor's adapter, evaluated once per split."""
@@ -137,6 +139,23 @@ class CapstoneGrader:
         kept = self.folder / "students" / f"{result.student}.json"
         kept.write_text(json.dumps({**asdict(result), "split_id": self.split_id, "baseline": self.baseline["score"]},
                                    indent=1), encoding="utf-8")
+        if self._scored is not None and result.score is not None and result.adapter_sha256:
+            self._scored.setdefault(result.adapter_sha256, result.metrics)
+
+    def measured(self, digest: str) -> dict | None:
+        """The metrics already measured on this split for an adapter of these very bytes (the reference's or another
+        student's), or None: the evaluation is deterministic, so identical bytes are not evaluated twice."""
+        if not digest:
+            return None
+        if self._scored is None:
+            self._scored = {}
+            for path in sorted((self.folder / "students").glob("*.json")):
+                kept = json.loads(path.read_text(encoding="utf-8"))
+                if kept.get("split_id") == self.split_id and kept.get("score") is not None and kept.get("metrics"):
+                    self._scored.setdefault(kept["adapter_sha256"], kept["metrics"])
+        if self.reference is not None and self.reference["key"] == f"{self.split_id}-{digest[:16]}":
+            return {k: v for k, v in self.reference.items() if k not in ("key", "role")}
+        return self._scored.get(digest)
 
     def grade(self, student: str, name: str, adapter: Path | None, max_points: float, found_note: str = ""
               ) -> ArtifactResult:
@@ -145,7 +164,7 @@ class CapstoneGrader:
         result = self.cached(student, digest, max_points)
         if result is None:
             result = score_adapter(student, name, adapter, max_points, found_note, self.baseline["score"],
-                                   self.tickets, self.limits, digest)
+                                   self.tickets, self.limits, digest, self.measured(digest))
             self.keep(result)
         return result
 
@@ -162,8 +181,10 @@ def evaluate_adapter(adapter: Path | None, tickets: list[dict], limits: Limits) 
 
 
 def score_adapter(student: str, name: str, adapter: Path | None, max_points: float, found_note: str,
-                  baseline: float, tickets: list[dict], limits: Limits, digest: str = "") -> ArtifactResult:
-    """Check one student's adapter and score it on the hidden rows: points by the notebook's thresholds."""
+                  baseline: float, tickets: list[dict], limits: Limits, digest: str = "", measured: dict | None = None
+                  ) -> ArtifactResult:
+    """Check one student's adapter and score it on the hidden rows (or take `measured`, the metrics of an identical
+    adapter already scored on them): points by the notebook's thresholds."""
     if adapter is None:
         why = found_note or f"no {rules.ADAPTER_FOLDER}/ folder in the submission"
         return ArtifactResult(student, name, None, 0.0, max_points, f"adapter: {why}: 0/{max_points:g}")
@@ -171,6 +192,10 @@ def score_adapter(student: str, name: str, adapter: Path | None, max_points: flo
     if problems:
         return ArtifactResult(student, name, None, 0.0, max_points,
                               f"adapter refused: {'; '.join(problems)}: 0/{max_points:g}", adapter_sha256=digest)
+    if measured is not None:
+        score = float(measured["score"])
+        return ArtifactResult(student, name, score, rules.points(score, baseline, max_points), max_points,
+                              f"{rules.explain(score, baseline, max_points)} ({REUSED})", measured, 0.0, digest)
     try:
         metrics = evaluate_adapter(adapter, tickets, limits)
     except JobError as error:

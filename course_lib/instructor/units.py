@@ -33,6 +33,7 @@ class ArtifactJob:
     baseline: float  # the prompting baseline's hidden-split score, which the points are relative to
     tickets: list[dict]  # the hidden split's rows
     digest: str  # capstone.folder_sha256 of the folder
+    measured: dict | None = None  # the metrics of an adapter of the same bytes already scored on this split
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def score_artifact(unit: Unit, folder: Path) -> capstone.ArtifactResult:
                 (folder / name).write_bytes(data)
             adapter = folder
         return capstone.score_adapter(unit.student, unit.name, adapter, job.max_points, job.found_note, job.baseline,
-                                      job.tickets, unit.limits, job.digest)
+                                      job.tickets, unit.limits, job.digest, job.measured)
     except Exception as error:  # noqa: BLE001  (the batch must finish: this adapter gets zero, with the reason)
         return capstone.ArtifactResult(unit.student, unit.name, None, 0.0, job.max_points,
                                        f"the grader failed on the adapter: {intake.describe(error)}: "

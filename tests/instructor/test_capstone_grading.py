@@ -16,6 +16,7 @@ from course_lib.capstone import rules, support
 from course_lib.capstone.adapter_check import check_adapter
 from course_lib.instructor import capstone
 from course_lib.instructor.batch import grade_folder
+from course_lib.instructor.grading import Course
 from course_lib.instructor.jobs import JobError, run_job
 from course_lib.instructor.leaderboard import write_leaderboard
 from course_lib.instructor.sandbox import Limits
@@ -63,7 +64,7 @@ def _train_adapter(folder, steps):
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
+def graded(tmp_path_factory, course):
     base = tmp_path_factory.mktemp("capstone")
     secret_file = base / "secret"
     secret_file.write_text(SECRET)
@@ -87,6 +88,8 @@ def graded(tmp_path_factory):
     nbformat.write(notebook, hostile / f"{STEM}.ipynb")
     shutil.copy(reference / "adapter_config.json", hostile / rules.ADAPTER_FOLDER)
     (hostile / rules.ADAPTER_FOLDER / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle
+    # the reference solution's reports, as the grading round trips of this run have them (one run of it, not two)
+    Course([SOLUTION], root=out / "nbgrader", limits=LIMITS).seed_reference(STEM, course.reference_reports(STEM))
     result = grade_folder(subs, [SOLUTION], out, limits=LIMITS, capstone_secret=secret_file,
                           capstone_reference=reference)
     return result, out, reference
@@ -104,8 +107,11 @@ def test_the_reference_gets_full_marks_with_its_adapter_scored_on_the_hidden_spl
     kept = json.loads((out / "capstone" / "students" / "reference_student.json").read_text())
     baseline = json.loads((out / "capstone" / "baseline.json").read_text())
     assert kept["score"] >= rules.TARGET_SCORE and kept["score"] >= baseline["score"] + rules.BASELINE_MARGIN
-    assert kept["metrics"]["n"] == capstone.HIDDEN_ROWS and kept["seconds"] < 120
+    assert kept["metrics"]["n"] == capstone.HIDDEN_ROWS
     assert "hidden-test score" in grade.note and "6/6" in grade.note
+    # the same bytes as the instructor's reference adapter: its score on this split is reused, not measured again
+    reference = json.loads((out / "capstone" / "reference.json").read_text())
+    assert kept["seconds"] == 0 and kept["score"] == reference["score"] and capstone.REUSED in grade.note
 
 
 def test_an_adapter_trained_for_one_step_scores_below_the_threshold(graded):
@@ -113,7 +119,7 @@ def test_an_adapter_trained_for_one_step_scores_below_the_threshold(graded):
     grade, cells = _cells(result, "one_step")
     assert cells[capstone.ARTIFACT_CELL] == 0 and grade.score == 0, (cells, grade.note)
     kept = json.loads((out / "capstone" / "students" / "one_step.json").read_text())
-    assert kept["score"] is not None and kept["score"] < rules.TARGET_SCORE
+    assert kept["score"] is not None and kept["score"] < rules.TARGET_SCORE and kept["seconds"] > 0
     assert "no 08_capstone.ipynb" in grade.note
 
 
@@ -156,6 +162,18 @@ def test_a_second_run_reuses_every_score_without_running_the_evaluation_again(gr
     monkeypatch.setattr(capstone, "run_job", lambda *a, **k: pytest.fail("evaluated again"))
     again = grader.grade("one_step", "one_step", out / "intake" / "one_step" / f"{STEM}.{rules.ADAPTER_FOLDER}", 6.0)
     assert again.score is not None and again.points == 0
+
+
+def test_another_student_handing_in_the_same_adapter_bytes_gets_the_same_score_unevaluated(graded, monkeypatch,
+                                                                                            tmp_path):
+    _, out, reference = graded
+    shutil.copytree(out / "capstone", tmp_path / "capstone")  # the leaderboard test reads the class as graded
+    grader = capstone.CapstoneGrader(tmp_path, SECRET, reference, LIMITS)
+    monkeypatch.setattr(capstone, "run_job", lambda *a, **k: pytest.fail("evaluated again"))
+    copy = grader.grade("copier", "copier", out / "intake" / "one_step" / f"{STEM}.{rules.ADAPTER_FOLDER}", 6.0)
+    first = json.loads((out / "capstone" / "students" / "one_step.json").read_text())
+    assert copy.score == first["score"] and copy.metrics == first["metrics"] and capstone.REUSED in copy.note
+    assert json.loads((tmp_path / "capstone" / "students" / "copier.json").read_text())["score"] == first["score"]
 
 
 def test_the_secret_is_made_for_its_owner_alone_and_a_guessable_one_is_refused(tmp_path):
