@@ -109,7 +109,7 @@ class CapstoneGrader:
 
     def _cached(self, role: str, adapter: Path | None) -> dict:
         """The score of the base model (role baseline) or of the instructor's adapter, evaluated once per split."""
-        key = f"{self.split_id}-{folder_sha256(adapter)[:16]}"
+        key = self._key(folder_sha256(adapter))
         path = self.folder / f"{role}.json"
         if path.is_file():
             kept = json.loads(path.read_text(encoding="utf-8"))
@@ -121,6 +121,10 @@ class CapstoneGrader:
         kept = {"key": key, "role": role, **metrics}
         path.write_text(json.dumps(kept, indent=1), encoding="utf-8")
         return kept
+
+    def _key(self, digest: str) -> str:
+        """What a kept baseline or reference score is filed under: this split and the adapter's bytes."""
+        return f"{self.split_id}-{digest[:16]}"
 
     def cached(self, student: str, digest: str, max_points: float) -> ArtifactResult | None:
         """The result kept from an earlier run for this very adapter, split and baseline; None when there is none."""
@@ -153,7 +157,7 @@ class CapstoneGrader:
                 kept = json.loads(path.read_text(encoding="utf-8"))
                 if kept.get("split_id") == self.split_id and kept.get("score") is not None and kept.get("metrics"):
                     self._scored.setdefault(kept["adapter_sha256"], kept["metrics"])
-        if self.reference is not None and self.reference["key"] == f"{self.split_id}-{digest[:16]}":
+        if self.reference is not None and self.reference["key"] == self._key(digest):
             return {k: v for k, v in self.reference.items() if k not in ("key", "role")}
         return self._scored.get(digest)
 
