@@ -2,7 +2,7 @@
 
 This is LoRA/QLoRA as most tutorials write it: every example padded to `max_length`, `micro_batch_size`
 examples a forward pass, gradient accumulation up to `batch_size`, LoRA dropout, the Trainer's plain AdamW, bf16
-autocast on a GPU, and for a 4-bit model `prepare_model_for_kbit_training` (fp32 norms, gradient checkpointing).
+autocast on a GPU (fp16 with loss scaling for an fp16 model, as on a T4), and for a 4-bit model `prepare_model_for_kbit_training` (fp32 norms, gradient checkpointing).
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ def train_recipe(model, tokenizer, rows: list[dict], settings: FastSettings, pro
 
         model = prepare_model_for_kbit_training(model)  # the QLoRA textbook step (also turns on checkpointing)
     peft_model = attach_lora(model, settings)
+    fp16 = model.get_input_embeddings().weight.dtype == torch.float16  # a T4's recipe: fp16 weights, AMP with scaling
+    if fp16:  # ... and fp32 adapters, peft's default, which the GradScaler needs (it refuses fp16 gradients)
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
 
     accumulation = settings.batch_size // settings.micro_batch_size
     counter = _CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=settings.max_length,
@@ -58,7 +63,7 @@ def train_recipe(model, tokenizer, rows: list[dict], settings: FastSettings, pro
             if logs and "loss" in logs:
                 history.append({"step": state.global_step, "loss": float(logs["loss"])})
 
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported() and not fp16
     with tempfile.TemporaryDirectory(prefix="course-recipe-") as out:
         args = TrainingArguments(
             output_dir=out, max_steps=settings.steps, per_device_train_batch_size=settings.micro_batch_size,
@@ -66,7 +71,7 @@ def train_recipe(model, tokenizer, rows: list[dict], settings: FastSettings, pro
             learning_rate=settings.learning_rate, lr_scheduler_type=settings.schedule,
             warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
             max_grad_norm=settings.max_grad_norm if settings.max_grad_norm is not None else 0.0,
-            optim="adamw_torch", bf16=bf16, logging_steps=1, save_strategy="no",
+            optim="adamw_torch", bf16=bf16, fp16=fp16, logging_steps=1, save_strategy="no",
             report_to="none", seed=settings.seed, dataloader_num_workers=0, disable_tqdm=not progress,
             remove_unused_columns=False,
         )

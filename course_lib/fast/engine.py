@@ -1,4 +1,4 @@
-"""The GPU fast path for LoRA: the textbook maths, without the textbook's waste. `finetune_lora` calls it on CUDA.
+"""The GPU fast path for LoRA: the textbook maths, without the textbook's waste. `finetune_lora` and `finetune_qlora` call it on CUDA.
 
     from course_lib.fast.engine import train_fast
     from course_lib.fast.settings import FastSettings
@@ -9,23 +9,26 @@ Both paths attach the same LoRA adapters, see the same examples per optimizer st
 token-weighted loss, so their loss curves agree; the fast path just spends the GPU's time on real tokens:
 
 * padding-free packing that keeps example boundaries (`fast.packing`): no padding is computed at all;
-* varlen flash attention on packed rows (`fast.ops.varlen_attention`): no attention across examples;
+* varlen flash attention on packed rows (`fast.ops.varlen_attention`): no attention across examples; where flash
+  varlen is missing (a T4, a CPU) the row's examples go through SDPA side by side, padded (`fast.ops.padded_attention`);
 * the loss only on the tokens that are learned, with a chunked linear cross-entropy (no full fp32 logits);
 * a fused LoRA layer (`fast.lora`): scale and add ride on the matmul, half the activation traffic of peft's;
 * bf16 end to end (adapters too) with fp32 master weights and a fused AdamW, or paged 8-bit AdamW for QLoRA;
+  fp16 (a T4) the same way, with dynamic loss scaling (`fast.ops.LossScale`, torch's GradScaler rules);
 * no LoRA dropout (its random masks cost a pass over every activation and barely regularise short runs);
 * Liger's Triton kernels for RMSNorm/SwiGLU/RoPE when the `liger-kernel` package is installed (GPU only);
 * memory planned against a limit: a 4-bit base's dequantized weights cached in spare memory first, then gradient
-  checkpointing on only as many layers as the rest demands; `torch.compile` only when asked (it has no
-  measured speed: tests/benchmarks/README.md);
+  checkpointing on only as many layers as the rest demands; the CUDA graphs' memory pool is measured after capture
+  and counted against the limit (cache dropped or more layers checkpointed, then captured again);
+  `torch.compile` only when asked (it has no measured speed: tests/benchmarks/README.md);
 * q/k/v and gate/up as one LoRA group each (`fast.lora.group_lora`): their shared input read once;
 * adapters, gradients and fp32 masters in one flat buffer each: the optimizer step is a handful of kernels;
 * each micro-batch's forward and backward replayed as a CUDA graph (`fast.graphs`), padded to one of a few sizes
   chosen from the run's plan: the host no longer sets the pace.
 
-A 4-bit base trains here too (the benchmarks' QLoRA rows), but `finetune_qlora` runs the Trainer. The measured
-speed-ups live in tests/benchmarks/README.md.
-On a CPU everything still runs (fp32, per-example attention), which is what CI tests.
+A 4-bit base trains here too: `finetune_qlora` takes this path on a GPU. The measured speed-ups live in
+tests/benchmarks/README.md. On a CPU everything still runs (fp32 or fp16, padded SDPA attention), which is what CI
+tests.
 """
 
 from __future__ import annotations
@@ -43,12 +46,18 @@ from course_lib.core.runtime import quiet, widgets_enabled
 from course_lib.data.tokenize import to_rows
 from course_lib.fast.baseline import train_recipe
 from course_lib.fast.graphs import StaticSteps, shape_of
-from course_lib.fast.lora import attach_lora, cache_dense_weights, fuse_lora, group_lora, unfuse_lora
+from course_lib.fast.lora import (
+    attach_lora,
+    cache_dense_weights,
+    drop_dense_weights,
+    fuse_lora,
+    group_lora,
+    unfuse_lora,
+)
 from course_lib.fast.ops import (
     MasterWeights,
-    _flash_capable,
-    _varlen_fn,
     apply_liger,
+    flash_varlen_usable,
     forward_backward,
     liger_available,
     make_adamw,
@@ -116,8 +125,6 @@ def unsupported_reason(model) -> str | None:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or getattr(head, "bias", None) is not None:
         return "the fast path expects an output layer without bias; use the recipe for this model"
-    if compute_dtype(model) == torch.float16:
-        return "fp16 weights need loss scaling, which the fast path does not do; load the model in bf16 or fp32"
     return None
 
 
@@ -169,7 +176,9 @@ def _speed_up(peft_model, settings: FastSettings, device, details: dict) -> None
     llama = getattr(base.config, "model_type", None) == "llama"  # Liger's patch here is the Llama one
     use_liger = _choose(settings.liger, on_gpu) and on_gpu and llama and not compiling and liger_available()
     details["liger"] = apply_liger(base) if use_liger else []
-    base.set_attn_implementation(register_attention())
+    base.set_attn_implementation(register_attention(flash=settings.flash_varlen))
+    details["attention"] = "flash varlen" if settings.flash_varlen and flash_varlen_usable(device, compute_dtype(base)) \
+        else "padded SDPA"
     if compiling:
         for layer in base.get_decoder().layers:
             layer.compile(dynamic=True)
@@ -226,7 +235,7 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
     try:
         if on_gpu:  # the peak includes capturing the graphs: their memory stays reserved while they replay
             torch.cuda.reset_peak_memory_stats(device)
-        static = _static_steps(decoder, head, groups, settings, device, details)
+        static = _static_steps(peft_model, groups, settings, device, details)
         for step, micro_rows in enumerate(groups, start=1):
             if settings.time_from_step is not None and step == settings.time_from_step:
                 if on_gpu:
@@ -234,8 +243,9 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
                 timed_start, timed_tokens = time.perf_counter(), 0
             micro = [pack_rows(group) for group in micro_rows]
             n_learned = sum(b.label_tokens for b in micro)
+            backward_scale = master.backward_scale(n_learned)
             if static is not None:
-                static.begin_step(n_learned)
+                static.begin_step(backward_scale)
                 for batch in micro:
                     static.run(batch)
                 loss_sum = static.loss.clone()
@@ -244,7 +254,7 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
                 for batch in micro:
                     batch = batch.to(device)
                     loss_sum += forward_backward(decoder, head, batch.input_ids, batch.position_ids,
-                                                 batch.target_index, batch.targets, 1 / n_learned,
+                                                 batch.target_index, batch.targets, backward_scale,
                                                  **packed_kwargs(batch))
             step_lrs.append(scheduler.get_last_lr()[0])  # the rate this step uses, as the Trainer logs it
             step_norms.append(master.clip_and_step(settings.max_grad_norm))  # norm before clipping
@@ -275,6 +285,9 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
         if bar is not None:
             bar.close()
         master.release()
+        if master.loss_scale is not None:  # fp16: how often the loss scale had to back off
+            details["loss_scale"] = {"skipped_steps": master.loss_scale.skipped,
+                                     "final_scale": float(master.loss_scale.scale)}
         if details.get("graphs", {}).get("graphs"):
             details["graphs"] = {**details["graphs"], **static.summary()}
     return _history(step_losses, step_tokens, step_norms, step_lrs), seconds, sum(step_tokens)
@@ -289,12 +302,10 @@ def graphs_reason(settings: FastSettings, device, details: dict) -> str | None:
         return "LoRA dropout draws random masks (graphs would replay the same ones)"
     if details.get("compiled"):
         return "torch.compile'd layers"
-    if _varlen_fn() is None or not _flash_capable(device) or details.get("dtype") not in ("bfloat16", "float16"):
-        return "no flash varlen attention here (the per-example fallback reads lengths on the host)"
     return None
 
 
-def _static_steps(decoder, head, groups, settings: FastSettings, device, details: dict):
+def _static_steps(peft_model, groups, settings: FastSettings, device, details: dict):
     """The fixed-shape micro-batches of `fast.graphs`, captured as CUDA graphs where they can be; None: run eagerly."""
 
     wanted = _choose(settings.cuda_graphs, device.type == "cuda")
@@ -305,16 +316,54 @@ def _static_steps(decoder, head, groups, settings: FastSettings, device, details
     if reason and device.type == "cuda":
         details["graphs"] = {"graphs": 0, "why": reason}
         return None
+    base = peft_model.get_base_model()
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
     shapes = [shape_of(group) for step in groups for group in step]
     static = StaticSteps(decoder, head, shapes, max_graphs=settings.max_graphs, capture=device.type == "cuda")
+    samples = [group for step in groups for group in step]
     try:
-        static.capture_all([group for step in groups for group in step])
+        static.capture_all(samples)
+        if device.type == "cuda" and details.get("memory_limit_gib"):
+            _fit_graphs_under_limit(static, peft_model, samples, device, details)
     except Exception as err:  # a kernel that cannot be captured: train eagerly, and say why
         torch.cuda.synchronize(device)
         details["graphs"] = {"graphs": 0, "why": f"capture failed: {type(err).__name__}: {err}"[:300]}
         return None
     details["graphs"] = static.summary()
     return static
+
+
+STEP_MARGIN_GIB = 0.25  # what the optimizer step adds after capture (8-bit Adam states, clipping's temporaries)
+
+
+def _fit_graphs_under_limit(static: StaticSteps, peft_model, samples, device, details: dict) -> None:
+    """Count the graphs' memory pool against the limit: the plan estimates activations, the capture measures them.
+
+    Where the peak of reserved memory (warm-up and capture included) overshoots the limit, give memory back and
+    capture again: first a 4-bit base's dense-weight cache, then activations (a quarter more of the layers
+    checkpointed each time). A run with nothing left to give keeps its graphs and says by how much it is over.
+    """
+    limit = details["memory_limit_gib"] * 2**30
+    for _ in range(4):
+        over = torch.cuda.max_memory_reserved(device) + STEP_MARGIN_GIB * 2**30 - limit
+        if over <= 0:
+            details.pop("over_limit_gib", None)
+            return
+        details["over_limit_gib"] = over / 2**30
+        checkpointed = details.get("checkpointed_layers", 0.0)
+        if not details.get("dense_cache_gib") and checkpointed >= 1.0:
+            return
+        static.release()
+        if details.get("dense_cache_gib"):
+            freed = drop_dense_weights(peft_model, over)
+            details["dense_cache_gib"] = max(0.0, details["dense_cache_gib"] - freed / 2**30)
+        else:
+            details["checkpointed_layers"] = set_checkpointing(peft_model, min(1.0, checkpointed + 0.25),
+                                                               preserve_rng=False)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        static.capture_all(samples)
+        details["recaptured"] = details.get("recaptured", 0) + 1
 
 
 def _history(losses, tokens, norms, lrs) -> list[dict]:

@@ -141,7 +141,7 @@ class StaticSteps:
     """Fixed-shape micro-batches for a whole run, each bucket's forward and backward captured as a CUDA graph.
 
     `shapes` are all micro-batches the run will see (from its plan); `run(batch)` trains on one, adding its
-    gradient (scaled by 1 / learned tokens of the step, set by `begin_step`) into the parameters' gradient
+    gradient (scaled by 1 / learned tokens of the step and any loss scale, set by `begin_step`) into the parameters' gradient
     buffers and its summed loss into `loss`.
     """
 
@@ -204,10 +204,14 @@ class StaticSteps:
 
     # ------------------------------------------------------------------------------------------------ running
 
-    def begin_step(self, learned_tokens: int) -> None:
-        """Start an optimizer step over `learned_tokens` loss rows: zero the loss, set the 1 / n scale."""
+    def begin_step(self, backward_scale) -> None:
+        """Start an optimizer step: zero the loss, set what the loss is multiplied by before backward (1 / learned
+        tokens, times the fp16 loss scale: a float, or a tensor on the device)."""
         self.loss.zero_()
-        self.inv_n.fill_(1.0 / learned_tokens)
+        if isinstance(backward_scale, torch.Tensor):
+            self.inv_n.copy_(backward_scale)
+        else:
+            self.inv_n.fill_(backward_scale)
 
     def _body(self, bucket: _Bucket) -> None:
         """One padded micro-batch: forward, token-weighted loss, backward into the gradient buffers."""
@@ -267,6 +271,14 @@ class StaticSteps:
         self.loss.zero_()
         self.details["capture_seconds"] = time.perf_counter() - started
         self.details["pool_gib"] = (torch.cuda.memory_reserved(self.loss.device) - reserved) / 2**30
+
+    def release(self) -> None:
+        """Drop the captured graphs and their memory pool (the buffers stay; `capture_all` can capture again)."""
+        for bucket in self.buckets:
+            bucket.graph = None
+        self._pool = None
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
     def summary(self) -> dict:
         """What the graphs cost and saved: their sizes, how often each ran, the share of padding computed."""

@@ -240,6 +240,18 @@ def cache_dense_weights(model, budget_bytes: float, dtype) -> int:
     return used
 
 
+def drop_dense_weights(model, bytes_to_free: float) -> int:
+    """Forget cached dequantized weights, the last cached first, until `bytes_to_free` are freed; returns the bytes."""
+    cached = [m for m in model.modules() if "_course_dense" in m.__dict__]
+    freed = 0
+    for base in reversed(cached):
+        if freed >= bytes_to_free:
+            break
+        weight = base.__dict__.pop("_course_dense")
+        freed += weight.numel() * weight.element_size()
+    return freed
+
+
 def attach_lora(model, settings: FastSettings):
     """Wrap `model` with LoRA adapters (seeded, so both paths start from the same adapters); a PeftModel is kept."""
 

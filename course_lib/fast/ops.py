@@ -46,12 +46,19 @@ def _signature(fn) -> dict:
     return _SIGNATURES[fn]
 
 
+def flash_varlen_usable(device, dtype) -> bool:
+    """True where the flash-attention varlen kernel runs: a CUDA GPU of Ampere or newer, bf16/fp16, a torch with it."""
+    return (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and _varlen_fn() is not None
+            and _flash_capable(device))
+
+
 def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """An `AttentionInterface` function: causal attention inside each packed example, never across examples.
 
     `query`/`key`/`value` come as [1, heads, T, head_dim] over all examples of the row; `cu_seq_lens_q` marks
-    where each example starts. On a CUDA GPU in bf16/fp16 one flash-attention varlen kernel does the work; elsewhere
-    (CPU, fp32) each example goes through SDPA on its own, which is slow but exactly the per-example result.
+    where each example starts. Where flash attention's varlen kernel runs (`flash_varlen_usable`) one kernel does the
+    work; elsewhere (a T4, a CPU, fp32) the examples are laid out side by side, padded, for plain SDPA
+    (`padded_attention`): the same result, with some attention work wasted on padding.
     """
 
     cu = kwargs.get("cu_seq_lens_q")
@@ -61,43 +68,63 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
                                       **kwargs)
     if query.shape[0] != 1:
         raise ValueError(f"packed attention expects one row per batch, got {query.shape[0]}")
+    max_len = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
+    if not _USE_FLASH or not flash_varlen_usable(query.device, query.dtype):
+        return padded_attention(query, key, value, cu, max_len, scaling), None
     groups = query.shape[1] // key.shape[1]
     varlen = _varlen_fn()
-    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and varlen is not None \
-            and _flash_capable(query.device):
-        # squeeze, not [0]: indexing's backward writes the gradient into a fresh zeroed tensor (a fill and a strided
-        # copy per tensor and layer, a visible share of a large model's step time); squeeze's backward is a view
-        q, k, v = (t.squeeze(0).transpose(0, 1) for t in (query, key, value))  # [T, heads, head_dim]
-        params = _signature(varlen)
-        extra = {}
-        if groups > 1:
-            if "enable_gqa" in params:
-                extra["enable_gqa"] = True
-            else:  # older torch: give every query head its own copy of the shared key/value head
-                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        if "window_size" in params:
-            extra["window_size"] = (-1, 0)  # causal
-        else:
-            extra["is_causal"] = True
-        if "scale" in params and scaling is not None:
-            extra["scale"] = scaling
-        max_len = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
-        out = varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **extra)
-        return out.unsqueeze(0), None  # [1, T, heads, head_dim], as transformers' attention functions return
-    # reference path: one SDPA call per example
-    bounds = cu.tolist()
-    outs = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
-        if groups > 1:
+    # squeeze, not [0]: indexing's backward writes the gradient into a fresh zeroed tensor (a fill and a strided
+    # copy per tensor and layer, a visible share of a large model's step time); squeeze's backward is a view
+    q, k, v = (t.squeeze(0).transpose(0, 1) for t in (query, key, value))  # [T, heads, head_dim]
+    params = _signature(varlen)
+    extra = {}
+    if groups > 1:
+        if "enable_gqa" in params:
+            extra["enable_gqa"] = True
+        else:  # older torch: give every query head its own copy of the shared key/value head
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        outs.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling))
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+    if "window_size" in params:
+        extra["window_size"] = (-1, 0)  # causal
+    else:
+        extra["is_causal"] = True
+    if "scale" in params and scaling is not None:
+        extra["scale"] = scaling
+    out = varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **extra)
+    return out.unsqueeze(0), None  # [1, T, heads, head_dim], as transformers' attention functions return
 
 
-def register_attention() -> str:
-    """Register `varlen_attention` with transformers under ATTENTION_NAME (idempotent); returns the name."""
+def padded_attention(query, key, value, cu, max_len: int, scaling=None):
+    """Causal attention per packed example through SDPA: [1, heads, T, d] in, [1, T, heads, d] out.
 
+    The n examples are gathered into an [n, heads, max_len, d] batch, right-padded; causal masking alone keeps
+    every real query off the padding (it only sees earlier positions), and the padded queries' outputs are never
+    gathered back. Every index is computed on the device from `cu` and the host integer `max_len`, so a CUDA graph
+    can capture it; SDPA picks its memory-efficient kernel where flash is missing (a T4).
+    """
+    n, total = cu.shape[0] - 1, query.shape[2]
+    offsets = torch.arange(max_len, device=query.device)
+    starts = cu[:-1].long()
+    index = (starts[:, None] + offsets[None]).clamp_(max=total - 1)  # [n, max_len]; padding reads any real token
+    groups = query.shape[1] // key.shape[1]
+    q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))  # [n, heads, max_len, d]
+    if groups > 1:  # the memory-efficient kernel has no grouped-query support: share the key/value heads out
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
+    example = torch.searchsorted(cu[1:].long(), torch.arange(total, device=query.device), right=True)
+    position = torch.arange(total, device=query.device) - starts[example]
+    return out.transpose(1, 2)[example, position].unsqueeze(0)  # [1, T, heads, d]
+
+
+_USE_FLASH = True
+
+
+def register_attention(flash: bool = True) -> str:
+    """Register `varlen_attention` with transformers under ATTENTION_NAME; returns the name.
+
+    flash=False keeps it off the flash varlen kernel even where that runs (the benchmarks' stand-in for a T4).
+    """
+    global _USE_FLASH
+    _USE_FLASH = flash
     AttentionInterface.register(ATTENTION_NAME, varlen_attention)
     return ATTENTION_NAME
 
@@ -194,6 +221,35 @@ def forward_backward(decoder, head, input_ids, position_ids, target_index, targe
 # ---------------------------------------------------------------------------------------------------- optimizer
 
 
+class LossScale:
+    """Dynamic loss scaling for fp16, as `torch.amp.GradScaler` does it and with its kernels and constants.
+
+    fp16 has the range of about 6e-5 to 65504: small gradients of the backward pass round to zero. The loss is
+    multiplied by `scale` (2^16 to start) before the backward pass, the fp32 master gradients are divided by it
+    again; a step whose gradients overflowed is skipped and the scale halved, and after `growth_interval` good steps
+    in a row it doubles. The Trainer's `fp16=True` does the same through accelerate's GradScaler.
+    """
+
+    def __init__(self, device, init_scale: float = 2.0**16, growth_interval: int = 2000):
+        self.scale = torch.full((), init_scale, dtype=torch.float32, device=device)
+        self.found_inf = torch.zeros((), dtype=torch.float32, device=device)
+        self._growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
+        self.growth_interval = growth_interval
+        self.skipped = 0
+
+    def unscale_(self, grad) -> None:
+        """Divide `grad` (fp32) by the scale in place and record whether any value is inf or nan."""
+        self.found_inf.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_([grad], self.found_inf, self.scale.reciprocal())
+
+    def update(self) -> bool:
+        """Halve the scale after an overflow, double it after growth_interval clean steps; True if this step overflowed."""
+        overflowed = bool(self.found_inf.item())  # the one host read per step: whether to step at all
+        torch._amp_update_scale_(self.scale, self._growth_tracker, self.found_inf, 2.0, 0.5, self.growth_interval)
+        self.skipped += overflowed
+        return overflowed
+
+
 class MasterWeights:
     """Train low-precision parameters through fp32 master copies, all of them held in one flat buffer.
 
@@ -203,7 +259,8 @@ class MasterWeights:
     clipping, the AdamW step and copying back are one kernel each, not a loop over hundreds of small tensors
     (on an H200 those loops cost more host time than the 135M model's whole backward pass). The gradient buffer
     stays put for the whole run, which CUDA graphs need (`fast.graphs`). `release()` gives every parameter its
-    own storage back.
+    own storage back. fp16 parameters get dynamic loss scaling (`LossScale`): `backward_scale` is what to multiply
+    the loss by, and `clip_and_step` unscales, and skips a step whose gradients overflowed.
     """
 
     def __init__(self, params, make_optimizer):
@@ -231,16 +288,31 @@ class MasterWeights:
         else:
             self.master = self.flat.detach().float().requires_grad_(True)
             self.master.grad = torch.zeros_like(self.master)
+        self.loss_scale = LossScale(device) if dtype == torch.float16 else None
         self.optimizer = make_optimizer([self.master])
 
+    def backward_scale(self, learned_tokens: int):
+        """What a step's summed loss is multiplied by before backward: 1 / learned tokens, times the loss scale."""
+        if self.loss_scale is None:
+            return 1.0 / learned_tokens
+        return self.loss_scale.scale / learned_tokens
+
     def clip_and_step(self, max_grad_norm: float | None):
-        """Copy gradients to the masters, clip by global norm, step, copy the new values back; returns the norm."""
+        """Copy gradients to the masters, clip by global norm, step, copy the new values back; returns the norm.
+
+        With loss scaling the gradients are unscaled first, and a step whose gradients overflowed changes nothing
+        (its norm is inf or nan, as the Trainer logs it).
+        """
 
         separate = self.master.data_ptr() != self.flat.data_ptr()
         if separate:
             self.master.grad.copy_(self.flat_grad)
+        if self.loss_scale is not None:
+            self.loss_scale.unscale_(self.master.grad)
         norm = torch.nn.utils.clip_grad_norm_([self.master], max_grad_norm if max_grad_norm else math.inf,
                                               foreach=True)
+        if self.loss_scale is not None and self.loss_scale.update():
+            return norm
         self.optimizer.step()
         if separate:
             self.flat.copy_(self.master.detach())

@@ -37,6 +37,8 @@ class FastSettings:
     grouped_lora: bool = True  # and q/k/v, gate/up of a layer as one group: their shared input read once
     dense_cache: bool = True  # 4-bit base: keep dequantized weights in whatever memory the limit leaves spare
     optimizer: str = "auto"  # "fused" AdamW, "paged8bit" (bitsandbytes), "plain", or auto
+    flash_varlen: bool = True  # flash attention's varlen kernel where it runs (Ampere+, bf16/fp16); False: padded
+    # SDPA everywhere, as on a T4 (the benchmarks' stand-in for one)
     liger: bool | str = "auto"
     compile: bool | str = False  # torch.compile each decoder layer (dynamic shapes; turns Liger off); a run did
     # not finish within the benchmark's timeout, so it has no measured speed (tests/benchmarks/README.md)

@@ -103,6 +103,26 @@ def add_lora(model, r: int = 16, alpha: int | None = None, targets: Sequence[str
     return get_peft_model(model, config)
 
 
+def to_compute_dtype(model) -> None:
+    """Undo `prepare_model_for_kbit_training` for the fast path: every layer in the 4-bit layers' compute dtype.
+
+    The preparation keeps embeddings and norms in fp32 and turns on gradient checkpointing for every layer, which
+    suits the Trainer; the fast path computes in the compute dtype end to end and checkpoints only the layers its
+    memory plan asks for. On a CPU the compute dtype is fp32 already and only the checkpointing changes.
+    """
+    import bitsandbytes as bnb
+
+    dtype = next(m.compute_dtype for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if type(param).__name__ != "Params4bit" and param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()
+    if getattr(model, "_require_grads_hook", None) is not None:
+        model.disable_input_require_grads()
+
+
 def is_4bit(model) -> bool:
     """True when the model's decoder linear layers hold bitsandbytes 4-bit weights."""
     import bitsandbytes as bnb

@@ -1,8 +1,8 @@
 """The course's fine-tuning entry points: `finetune_lora` and `finetune_qlora` on chat conversations.
 
-`finetune_lora` takes the GPU fast path (`course_lib.fast`) on CUDA and the Hugging Face Trainer with peft
-elsewhere; `finetune_qlora` trains a 4-bit base from `qlora.bnb.load_4bit` on the Trainer. Both return a
-`core.results.TrainResult` whose `path` says which code ran.
+`finetune_lora` and `finetune_qlora` (a 4-bit base from `qlora.bnb.load_4bit`) take the GPU fast path
+(`course_lib.fast`) on CUDA and the Hugging Face Trainer with peft elsewhere, by the same rule (`choose_path`). Both
+return a `core.results.TrainResult` whose `path` says which code ran.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from course_lib.core.results import TrainResult
 from course_lib.data.tokenize import to_rows
 from course_lib.fast.engine import train_fast, unsupported_reason
 from course_lib.fast.settings import FastSettings
-from course_lib.qlora.bnb import add_lora, is_4bit, unpack_cpu_weights
+from course_lib.qlora.bnb import add_lora, is_4bit, to_compute_dtype, unpack_cpu_weights
 from course_lib.training.config import TrainConfig
 from course_lib.training.trainer import train
 
@@ -101,13 +101,7 @@ def finetune_lora(
     rows = to_rows(conversations, tokenizer, settings.max_length)  # fail on bad data before touching the model
     fast, why = choose_path(model, settings)
     if fast:
-
-        if progress:
-            print(f"finetune_lora: fast path ({why}); LoraSettings(fast=False) runs the plain Trainer recipe")
-        result = train_fast(model, tokenizer, rows, fast_settings_for(settings), progress=progress,
-                            desc="LoRA, fast path")
-        result.details["why"] = why
-        return result
+        return _train_fast_path("finetune_lora", model, tokenizer, rows, fast_settings_for(settings), why, progress)
     peft_model = get_peft_model(model, lora_config_for(settings))
     on_gpu = next(model.parameters()).device.type == "cuda"
     config = TrainConfig(
@@ -121,11 +115,26 @@ def finetune_lora(
     return result
 
 
+def _train_fast_path(caller: str, model, tokenizer, rows, settings: FastSettings, why: str,
+                     progress: bool) -> TrainResult:
+    """`train_fast` for finetune_lora/finetune_qlora: one line saying so, and why, in the result's details."""
+    if progress:
+        print(f"{caller}: fast path ({why}); LoraSettings(fast=False) runs the plain Trainer recipe")
+    result = train_fast(model, tokenizer, rows, settings, progress=progress,
+                        desc=("QLoRA" if caller == "finetune_qlora" else "LoRA") + ", fast path")
+    result.details["why"] = why
+    return result
+
+
+_FAST_OPTIMIZERS = {"paged_adamw_8bit": "paged8bit", "adamw_torch": "fused", "adamw_torch_fused": "fused"}
+
+
 def finetune_qlora(model, tokenizer, conversations: Sequence[Sequence[dict]], settings: LoraSettings | None = None,
                    optimizer: str | None = None, progress: bool = True) -> TrainResult:
     """Add LoRA adapters to a 4-bit model from `load_4bit` and train them on chat conversations.
 
-    The same run as `finetune_lora` (same settings, loss on answers only), with paged 8-bit AdamW on a GPU.
+    The same run as `finetune_lora` (same settings, loss on answers only, the same choice of path), with paged
+    8-bit AdamW on a GPU. `optimizer` is a Trainer `optim` name; the fast path knows those in _FAST_OPTIMIZERS.
     """
 
     if not is_4bit(model):
@@ -134,15 +143,25 @@ def finetune_qlora(model, tokenizer, conversations: Sequence[Sequence[dict]], se
     settings = settings or LoraSettings()
     rows = to_rows(conversations, tokenizer, settings.max_length)  # fail on bad data before touching the model
     unpack_cpu_weights(model)  # a generation before training may have packed them for inference
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    fast, why = choose_path(model, settings)
+    if fast:
+        if optimizer is not None and optimizer not in _FAST_OPTIMIZERS:
+            raise ValueError(f"the fast path has no optimizer {optimizer!r} (it has {sorted(_FAST_OPTIMIZERS)}); "
+                             "LoraSettings(fast=False) runs the Trainer, which has")
+        to_compute_dtype(model)
+        chosen = _FAST_OPTIMIZERS[optimizer] if optimizer else "auto"  # auto: paged 8-bit AdamW on a GPU
+        return _train_fast_path("finetune_qlora", model, tokenizer, rows,
+                                fast_settings_for(settings).replace(optimizer=chosen), why, progress)
     peft_model = add_lora(model, r=settings.r, alpha=settings.alpha, targets=settings.target_modules,
                           dropout=settings.dropout)
-    on_gpu = next(model.parameters()).device.type == "cuda"
-    optimizer = optimizer or ("paged_adamw_8bit" if on_gpu else "adamw_torch")
     config = TrainConfig(
         max_steps=settings.steps, per_device_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup_steps, schedule="linear", weight_decay=0.0, max_length=settings.max_length,
         precision="bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32", seed=settings.seed,
-        optim=optimizer,
+        optim=optimizer or ("paged_adamw_8bit" if on_gpu else "adamw_torch"),
     )
-    return train(peft_model, tokenizer, rows, config, progress=progress,
-                 desc="QLoRA")
+    result = train(peft_model, tokenizer, rows, config, progress=progress,
+                   desc="QLoRA, Trainer" + (" (fast=False)" if on_gpu else ""))
+    result.details["why"] = why
+    return result

@@ -37,6 +37,8 @@ SHAPES = {  # published SmolLM2 configurations (Llama architecture, tied embeddi
                  num_key_value_heads=32, vocab_size=49152, rope_theta=130000.0, max_position_embeddings=8192),
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                  num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, max_position_embeddings=8192),
+    "360m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                 num_key_value_heads=5, vocab_size=49152, rope_theta=100000.0, max_position_embeddings=8192),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=1024, rope_theta=10000.0, max_position_embeddings=512),
 }
@@ -45,6 +47,8 @@ METHODS = {  # name: (shape, 4-bit base)
     "QLoRA 1.7B": ("1.7b", True),
     "LoRA 135M": ("135m", False),
 }
+T4_METHODS = {"LoRA 1.7B": ("1.7b", False), "LoRA 360M": ("360m", False)}  # --t4: fp16, no flash varlen, 15 GiB
+T4_GIB = 15.0  # a T4's memory as Colab gives it
 CPU_METHODS = {"LoRA tiny": ("tiny", False), "QLoRA tiny": ("tiny", True)}
 PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
@@ -80,12 +84,13 @@ def llama_config(shape: str):
                        bos_token_id=1, eos_token_id=2)
 
 
-def build_model(shape: str, four_bit: bool, device: str, cache: Path):
-    """A seeded random model of `shape` in bf16 on `device` (fp32 on CPU); NF4 double-quantized when four_bit."""
+def build_model(shape: str, four_bit: bool, device: str, cache: Path, fp16: bool = False):
+    """A seeded random model of `shape` in bf16 on `device` (fp32 on CPU, fp16 if asked); NF4 double-quantized when
+    four_bit."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.float16 if fp16 else torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(llama_config(shape)).to(dtype)
@@ -162,10 +167,12 @@ def run_one(method: str, path: str, args, overrides: dict | None = None) -> dict
     from course_lib.fast.engine import train_fast
     from course_lib.fast.settings import FastSettings
 
-    shape, four_bit = (CPU_METHODS if args.cpu else METHODS)[method]
+    shape, four_bit = {**METHODS, **T4_METHODS, **CPU_METHODS}[method]
     device = "cpu" if args.cpu else "cuda"
     cache = Path(args.cache)
-    model = build_model(shape, four_bit, device, cache)
+    if args.t4:  # a T4 stand-in: its memory is a hard cap for both paths (the allocator refuses past it)
+        torch.cuda.set_per_process_memory_fraction(T4_GIB * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+    model = build_model(shape, four_bit, device, cache, fp16=args.t4)
     per_step = 32 if not args.cpu else 8
     steps = args.steps or ((6 if args.cpu else 10) if path == "recipe" else (6 if args.cpu else 30))
     warm = 2 if args.cpu else (4 if path == "recipe" else 8)
@@ -174,10 +181,13 @@ def run_one(method: str, path: str, args, overrides: dict | None = None) -> dict
     common = dict(steps=steps, batch_size=per_step, learning_rate=2e-4, warmup_steps=0, seed=args.seed,
                   time_from_step=warm, shuffle=False)
     if path == "recipe":
-        settings = FastSettings.textbook(**common, micro_batch_size=per_step // 4, max_length=128 if args.cpu else 512)
+        settings = FastSettings.textbook(**common, micro_batch_size=args.recipe_micro_batch or per_step // 4,
+                                         max_length=128 if args.cpu else 512)
     else:
         # QLoRA is for small GPUs: hold the fast path to the issue's 8 GiB (7.5 planned, the rest is margin)
         limit = {"memory_limit_gib": 7.5} if four_bit and not args.cpu else {}
+        if args.t4:  # no flash varlen on a T4: the padded SDPA attention
+            limit = {"memory_limit_gib": T4_GIB - 0.5, "flash_varlen": False}
         settings = FastSettings(**common, max_length=128 if args.cpu else 512, **{**limit, **(overrides or {})})
     result = train_fast(model, _Tok(), rows, settings, progress=False)
     tps = result.tokens_per_second
@@ -198,7 +208,9 @@ def run_one(method: str, path: str, args, overrides: dict | None = None) -> dict
 def run_isolated(method: str, path: str, args, overrides: dict | None) -> dict:
     """`run_one` in a fresh Python process (clean GPU memory statistics, no kernel patches left behind)."""
     command = [sys.executable, __file__, "--worker", json.dumps([method, path, overrides or {}]),
-               "--cache", args.cache, "--seed", str(args.seed)] + (["--steps", str(args.steps)] if args.steps else [])
+               "--cache", args.cache, "--seed", str(args.seed)] + (["--steps", str(args.steps)] if args.steps else []) \
+        + (["--t4"] if args.t4 else []) \
+        + (["--recipe-micro-batch", str(args.recipe_micro_batch)] if args.recipe_micro_batch else [])
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
@@ -208,6 +220,58 @@ def run_isolated(method: str, path: str, args, overrides: dict | None) -> dict:
             return result
     tail = (proc.stdout + proc.stderr)[-3000:]
     return {"method": method, "path": path, "error": tail, "overrides": overrides or {}}
+
+
+# ---------------------------------------------------------------------------------------------------- long contexts
+
+
+LONG_LENGTHS = [2048 * 2**k for k in range(8)]  # 2k to 256k tokens
+
+
+def long_context(method: str, path: str, args) -> dict:
+    """The longest single example that trains (2 optimizer steps, batch 1) under a 15 GiB cap, doubling the length.
+
+    Each length gets a fresh model; the first length that runs out of memory ends the search. The recipe is the
+    textbook one at batch 1 (QLoRA: prepare_model_for_kbit_training, so checkpointing on); the fast path plans its
+    own checkpointing under a 14.5 GiB limit.
+    """
+    import gc
+
+    import torch
+
+    from course_lib.fast.engine import train_fast
+    from course_lib.fast.settings import FastSettings
+
+    shape, four_bit = METHODS[method]
+    torch.cuda.set_per_process_memory_fraction(T4_GIB * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+    vocab = SHAPES[shape]["vocab_size"]
+    tried = []
+    for length in LONG_LENGTHS:
+        model = build_model(shape, four_bit, "cuda", Path(args.cache))
+        ids = torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(length)).tolist()
+        rows = [{"input_ids": ids, "attention_mask": [1] * length, "labels": ids}]
+        common = dict(steps=2, batch_size=1, learning_rate=2e-4, warmup_steps=0, max_length=length, shuffle=False)
+        settings = FastSettings.textbook(**common, micro_batch_size=1) if path == "recipe" else \
+            FastSettings(**common, memory_limit_gib=T4_GIB - 0.5)
+        torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        try:
+            result = train_fast(model, _Tok(), rows, settings, progress=False)
+            ok, error = math.isfinite(result.losses[-1]), None
+            details = {k: v for k, v in result.details.items() if k in ("checkpointed_layers", "graphs", "max_tokens")}
+        except torch.OutOfMemoryError as err:
+            ok, error, details = False, str(err).splitlines()[0][:200], {}
+        result = None
+        tried.append({"length": length, "ok": ok, "seconds": time.perf_counter() - started, "error": error,
+                      "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "details": details})
+        print(json.dumps(tried[-1]), file=sys.stderr, flush=True)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        if not ok:
+            break
+    longest = max([t["length"] for t in tried if t["ok"]], default=0)
+    return {"method": method, "path": path, "longest": longest, "tried": tried}
 
 
 # ---------------------------------------------------------------------------------------------------- loss curves
@@ -418,18 +482,23 @@ def self_check(device: str) -> list[tuple[str, float, float]]:
     torch.manual_seed(0)
     lens = [37, 180, 5, 300, 64, 1]
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=device)
-    for heads, kv_heads in ((32, 32), (9, 3)):
-        q = torch.randn(1, heads, sum(lens), 64, device=device, dtype=dtype, requires_grad=True)
-        k = torch.randn(1, kv_heads, sum(lens), 64, device=device, dtype=dtype, requires_grad=True)
-        v = torch.randn(1, kv_heads, sum(lens), 64, device=device, dtype=dtype, requires_grad=True)
-        out, _ = varlen_attention(None, q, k, v, None, scaling=0.125, cu_seq_lens_q=cu, max_length_q=max(lens))
-        grad = torch.randn_like(out)
-        dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
-        ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-        ref, _ = varlen_attention(None, *ref_in, None, scaling=0.125, cu_seq_lens_q=cu.cpu(), max_length_q=max(lens))
-        rdq, rdk, rdv = torch.autograd.grad(ref, ref_in, grad.double())
-        for name, got, want in (("out", out, ref), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
-            checks.append((f"varlen attention {heads}/{kv_heads} heads: {name}", rel_err(got, want), tol))
+    variants = [("varlen", dtype, True)] + ([("padded SDPA, fp16", torch.float16, False)] if device == "cuda" else [])
+    for label, dt, flash in variants:  # flash varlen where it runs; the T4 path (padded SDPA in fp16) as well
+        register_attention(flash=flash)
+        for heads, kv_heads in ((32, 32), (9, 3)):
+            q = torch.randn(1, heads, sum(lens), 64, device=device, dtype=dt, requires_grad=True)
+            k = torch.randn(1, kv_heads, sum(lens), 64, device=device, dtype=dt, requires_grad=True)
+            v = torch.randn(1, kv_heads, sum(lens), 64, device=device, dtype=dt, requires_grad=True)
+            out, _ = varlen_attention(None, q, k, v, None, scaling=0.125, cu_seq_lens_q=cu, max_length_q=max(lens))
+            grad = torch.randn_like(out)
+            dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+            ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+            ref, _ = varlen_attention(None, *ref_in, None, scaling=0.125, cu_seq_lens_q=cu.cpu(),
+                                      max_length_q=max(lens))
+            rdq, rdk, rdv = torch.autograd.grad(ref, ref_in, grad.double())
+            for name, got, want in (("out", out, ref), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
+                checks.append((f"{label} attention {heads}/{kv_heads} heads: {name}", rel_err(got, want), tol))
+    register_attention(flash=True)
     hidden = torch.randn(700, 576, device=device, dtype=dtype, requires_grad=True)
     weight = torch.randn(49152, 576, device=device, dtype=dtype) * 0.05
     targets = torch.randint(0, 49152, (700,), device=device)
@@ -498,6 +567,11 @@ def main() -> None:
     parser.add_argument("--profile-rows", type=int, default=12, help="rows of the profile's GPU table (more: by shape)")
     parser.add_argument("--switch", action="store_true", help="finetune_lora on this GPU: auto (fast) vs fast=False")
     parser.add_argument("--switch-test", type=int, default=100, help="test examples for --switch's exact match")
+    parser.add_argument("--t4", action="store_true",
+                        help="a T4 stand-in: fp16 weights (the recipe: fp16=True), no flash varlen, 15 GiB cap")
+    parser.add_argument("--recipe-micro-batch", type=int, help="the recipe's examples per forward pass (default 8)")
+    parser.add_argument("--long", action="store_true",
+                        help="the longest single example each path trains at batch 1 under a 15 GiB cap")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -505,7 +579,21 @@ def main() -> None:
     if args.worker:  # one run in this process, result on stdout
         method, path, overrides = json.loads(args.worker)
         args.cpu = False
-        print("RESULT " + json.dumps(run_one(method, path, args, overrides)), flush=True)
+        run = long_context(method, path, args) if overrides == "long" else run_one(method, path, args, overrides)
+        print("RESULT " + json.dumps(run), flush=True)
+        return
+    if args.long:
+        runs = [run_isolated(method, path, args, "long") for method in (args.methods or ["LoRA 1.7B", "QLoRA 1.7B"])
+                for path in args.paths]
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "long_context.json").write_text(json.dumps(runs, indent=1))
+        print("\n| method | recipe: longest example (tokens) | fast path: longest example (tokens) | ratio |")
+        print("| --- | ---: | ---: | ---: |")
+        for method in dict.fromkeys(r["method"] for r in runs):
+            got = {r["path"]: r.get("longest", 0) for r in runs if r["method"] == method}
+            ratio = got.get("fast", 0) / got["recipe"] if got.get("recipe") else float("nan")
+            print(f"| {method} | {got.get('recipe', 0):,} | {got.get('fast', 0):,} | {ratio:.1f}x |")
         return
 
     if args.profile is not None:
@@ -534,7 +622,7 @@ def main() -> None:
             print(f"{'ok  ' if err <= tol else 'FAIL'} {what}: relative error {err:.2e} (tolerance {tol:.0e})")
         sys.exit(1 if failed else 0)
 
-    methods = args.methods or list(CPU_METHODS if args.cpu else METHODS)
+    methods = args.methods or list(CPU_METHODS if args.cpu else T4_METHODS if args.t4 else METHODS)
     variants = json.loads(args.variants)
     results = []
     for method in methods:

@@ -42,6 +42,23 @@ def test_fast_path_loss_equals_the_recipe(tiny_llama, tokenizer):
     assert fast.model.get_base_model().config._attn_implementation != "course_varlen"
 
 
+def test_fp16_fast_path_loss_equals_the_fp16_recipe(tiny_llama, tokenizer):
+    """A T4's setting on a CPU: fp16 weights. The fast path (fp16 adapters, fp32 masters, its own loss scaling,
+    padded SDPA attention) and the recipe (fp32 adapters, the Trainer's fp16=True with its GradScaler) agree."""
+    conversations = [tasks.to_messages(e) for e in tasks.make_examples(8, seed=1)]
+    settings = FastSettings(steps=3, batch_size=8, micro_batch_size=4, learning_rate=1e-2, warmup_steps=0,
+                            max_length=128, dropout=0.0, max_tokens=300)
+    half = tiny_llama.half()
+    twin = copy.deepcopy(half)
+    fast = train_fast(half, tokenizer, conversations, settings, progress=False)
+    recipe = train_fast(twin, tokenizer, conversations, settings.replace(recipe=True), progress=False)
+    assert fast.path == "fast" and fast.details["attention"] == "padded SDPA"
+    assert fast.details["loss_scale"] == {"skipped_steps": 0, "final_scale": 2.0**16}
+    assert fast.losses == pytest.approx(recipe.losses, rel=1e-4)
+    assert fast.losses[-1] < fast.losses[0]
+    assert all(p.dtype == torch.float16 for n, p in fast.model.named_parameters() if "lora_" in n)
+
+
 def test_to_rows_names_the_bad_item(tokenizer):
     good = tasks.to_messages(tasks.make_examples(1)[0])
     with pytest.raises(ValueError, match="training item 1"):

@@ -114,3 +114,26 @@ def test_master_weights_clip_one_global_norm():
     norm = master.clip_and_step(1.0)
     assert float(norm) == pytest.approx(5.0)
     assert torch.allclose(master.flat_grad, torch.tensor([0.6, 0, 0, 0, 0.8, 0, 0]))  # clipped to norm 1
+
+
+def test_fp16_loss_scaling_keeps_small_gradients_and_skips_overflowed_steps():
+    """fp16 rounds gradients below about 6e-8 to zero: the scaled loss keeps them, the masters get them unscaled,
+    and a step whose gradients overflowed changes nothing and halves the scale (torch's GradScaler rules)."""
+    param = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    plain = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    (plain * 1e-8).sum().backward()
+    assert plain.grad.abs().sum() == 0  # without scaling, the gradient is gone
+    sgd = lambda params: torch.optim.SGD(params, lr=1e6)  # noqa: E731 - a step that moves by 1e6 x the gradient
+    master = MasterWeights([param], sgd)
+    assert master.loss_scale is not None and float(master.backward_scale(4)) == 2.0**16 / 4
+    ((param.float() * 1e-8).sum() * master.backward_scale(1)).backward()  # the loss in fp32, as the engine's
+    norm = master.clip_and_step(None)
+    assert float(norm) == pytest.approx(2e-8, rel=1e-2)  # the norm of the unscaled gradient
+    assert torch.allclose(master.master, torch.full((4,), 1 - 1e-2), rtol=1e-3)  # moved by the unscaled gradient
+    before = master.master.detach().clone()
+    master.zero_grad()
+    param.grad.fill_(float("inf"))
+    master.clip_and_step(1.0)
+    assert torch.equal(master.master, before) and master.loss_scale.skipped == 1
+    assert float(master.loss_scale.scale) == 2.0**15
+    assert MasterWeights([torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))], sgd).loss_scale is None

@@ -1,6 +1,7 @@
 """QLoRA with bitsandbytes (course_lib.qlora.bnb): a 4-bit load, and finetune_qlora's step on the CPU; the GPU path
 where there is a GPU."""
 
+import dataclasses
 import math
 
 import pytest
@@ -117,7 +118,7 @@ def test_qlora_step_on_gpu_uses_bf16_compute_and_paged_8bit_adamw(small_checkpoi
             seen["optimizer"] = getattr(optimizer, "optimizer", optimizer)  # unwrap accelerate's wrapper
 
     conversations = [tasks.to_messages(example) for example in tasks.make_examples(4, seed=0)]
-    settings = LoraSettings(steps=1, batch_size=2, warmup_steps=0, r=4, alpha=8)
+    settings = LoraSettings(steps=1, batch_size=2, warmup_steps=0, r=4, alpha=8, fast=False)
     original = finetune.train
 
     def train_with_spy(*args, callbacks=(), **kwargs):
@@ -130,6 +131,19 @@ def test_qlora_step_on_gpu_uses_bf16_compute_and_paged_8bit_adamw(small_checkpoi
     optimizer = seen["optimizer"]
     assert type(optimizer).__module__.startswith("bitsandbytes.optim")
     assert optimizer.is_paged and optimizer.args.optim_bits == 8
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_qlora_on_a_gpu_takes_the_fast_path_in_the_compute_dtype(small_checkpoint, tokenizer):
+    model = bnb.load_4bit(small_checkpoint, device="cuda")  # prepared: fp32 norms, checkpointing on
+    conversations = [tasks.to_messages(example) for example in tasks.make_examples(8, seed=0)]
+    settings = LoraSettings(steps=3, batch_size=4, warmup_steps=0, r=4, alpha=8)
+    result = finetune.finetune_qlora(model, tokenizer, conversations, settings, progress=False)
+    assert result.path == "fast" and result.details["4bit"] and result.details["optimizer"] == "paged8bit"
+    assert result.details["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    assert all(math.isfinite(loss) for loss in result.losses)
+    assert result.details["peak_reserved_gib"] > 0
 
 
 def test_training_starts_from_unpacked_weights_after_a_generation(small_checkpoint):
@@ -167,3 +181,33 @@ def test_qlora_train_steps_builds_the_recipe_and_lowers_the_loss(small_checkpoin
     assert {(m.weight.quant_state.quant_type, m.weight.quant_state.nested) for m in layers} == {("nf4", True)}
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_qlora_fast_switch_trains_like_the_trainer(small_checkpoint, tokenizer):
+    """finetune_qlora(fast=True) on a CPU: the fast path on the same 4-bit base, the Trainer's loss step by step."""
+    conversations = [tasks.to_messages(example) for example in tasks.make_examples(8, seed=1)]
+    settings = LoraSettings(steps=3, batch_size=8, learning_rate=1e-2, warmup_steps=1, r=4, alpha=8, max_length=128)
+    runs = {}
+    for fast in (False, True):
+        model = bnb.load_4bit(small_checkpoint, device="cpu")
+        torch.manual_seed(settings.seed)  # the Trainer path draws the adapters from the global generator
+        runs[fast] = finetune.finetune_qlora(model, tokenizer, conversations,
+                                             dataclasses.replace(settings, fast=fast), progress=False)
+    slow, fast = runs[False], runs[True]
+    assert (slow.path, fast.path) == ("trainer", "fast") and fast.details["4bit"]
+    assert fast.losses == pytest.approx(slow.losses, rel=1e-4)
+    assert [r["grad_norm"] for r in fast.history] == pytest.approx([r["grad_norm"] for r in slow.history], rel=1e-3)
+    assert not fast.model.get_base_model().is_gradient_checkpointing  # the memory plan decides, not the preparation
+    with pytest.raises(ValueError, match="no optimizer 'sgd'"):
+        finetune.finetune_qlora(bnb.load_4bit(small_checkpoint, device="cpu"), tokenizer, conversations,
+                                dataclasses.replace(settings, fast=True), optimizer="sgd", progress=False)
+
+
+def test_qlora_takes_the_fast_path_by_the_lora_rule(small_checkpoint, tokenizer, monkeypatch):
+    """On a CPU the default is the Trainer; the rule is finetune_lora's (choose_path), with its reason."""
+    monkeypatch.setattr(finetune, "train_fast", lambda *a, **k: pytest.fail("the fast path ran on a CPU by default"))
+    model = bnb.load_4bit(small_checkpoint, device="cpu")
+    conversations = [tasks.to_messages(example) for example in tasks.make_examples(2, seed=0)]
+    result = finetune.finetune_qlora(model, tokenizer, conversations, LoraSettings(steps=1, batch_size=2, r=2, alpha=4),
+                                     progress=False)
+    assert result.path == "trainer" and "cpu" in result.details["why"]

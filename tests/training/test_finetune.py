@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -70,11 +71,8 @@ def test_choose_path_is_fast_on_cuda_unless_switched_off(tiny_llama):
 
 
 def test_choose_path_falls_back_where_the_fast_path_would_be_wrong(tiny_llama):
-    half = copy.deepcopy(tiny_llama).to(torch.float16)  # fp16 needs loss scaling the fast path does not do
-    fast, why = choose_path(on_device(half, "cuda"), LoraSettings())
-    assert fast is False and "fp16" in why
-    with pytest.raises(ValueError, match="fp16"):
-        choose_path(half, LoraSettings(fast=True))
+    half = copy.deepcopy(tiny_llama).to(torch.float16)  # fp16 (a T4): the fast path scales the loss
+    assert choose_path(on_device(half, "cuda"), LoraSettings())[0] is True
     capped = copy.deepcopy(tiny_llama)
     capped.config.final_logit_softcapping = 30.0
     assert choose_path(on_device(capped, "cuda"), LoraSettings())[0] is False
@@ -136,3 +134,22 @@ def test_fast_path_says_which_path_ran(tiny_llama, tokenizer, capsys):
     finetune_lora(tiny_llama, tokenizer, conversations(4), LoraSettings(steps=1, batch_size=4, r=2, alpha=4, fast=True))
     assert "fast path" in capsys.readouterr().out
     assert TrainResult(model=None, history=[], seconds=0.0).path == "trainer"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("flash_varlen", [True, False])
+def test_fp16_model_on_a_gpu_takes_the_fast_path_with_loss_scaling(tiny_llama, tokenizer, flash_varlen, monkeypatch):
+    """A T4's setting: fp16 weights. The fast path trains with loss scaling; without flash varlen (a T4 has none) the
+    padded SDPA attention serves, still inside CUDA graphs."""
+    original = finetune.fast_settings_for
+    monkeypatch.setattr(finetune, "fast_settings_for", lambda s: original(s).replace(flash_varlen=flash_varlen))
+    model = tiny_llama.half().cuda()
+    result = finetune_lora(model, tokenizer, conversations(8), LoraSettings(steps=4, batch_size=4, r=4, alpha=8),
+                           progress=False)
+    assert result.path == "fast" and result.details["dtype"] == "float16"
+    assert result.details["attention"] == ("padded SDPA" if not flash_varlen or torch.cuda.get_device_capability()[0] < 8
+                                           else "flash varlen")
+    assert "loss_scale" in result.details and result.details["graphs"]["graphs"] >= 1
+    assert all(math.isfinite(loss) for loss in result.losses) and result.details["loss_scale"]["skipped_steps"] < 4
+    assert any(p.abs().sum() > 0 for n, p in result.model.named_parameters() if "lora_B" in n)  # the adapters moved
