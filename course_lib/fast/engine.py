@@ -17,6 +17,7 @@ token-weighted loss, so their loss curves agree; the fast path just spends the G
   fp16 (a T4) the same way, with dynamic loss scaling (`fast.ops.LossScale`, torch's GradScaler rules);
 * no LoRA dropout (its random masks cost a pass over every activation and barely regularise short runs);
 * Liger's Triton kernels for RMSNorm/SwiGLU/RoPE when the `liger-kernel` package is installed (GPU only);
+* one example longer than checkpointing fits: layer inputs in host memory, MLP recomputed in chunks (`fast.longctx`);
 * memory planned against a limit: a 4-bit base's dequantized weights cached in spare memory first, then gradient
   checkpointing on only as many layers as the rest demands; the CUDA graphs' memory pool is measured after capture
   and counted against the limit (cache dropped or more layers checkpointed, then captured again);
@@ -46,6 +47,7 @@ from course_lib.core.runtime import quiet, widgets_enabled
 from course_lib.data.tokenize import to_rows
 from course_lib.fast.baseline import train_recipe
 from course_lib.fast.graphs import StaticSteps, shape_of
+from course_lib.fast.longctx import offload_layers, restore_layers
 from course_lib.fast.lora import (
     attach_lora,
     cache_dense_weights,
@@ -154,6 +156,8 @@ def _train_packed(model, rows: list[dict], settings: FastSettings, progress: boo
         history, seconds, tokens = _run(peft_model, rows, plan, max_tokens, settings, device, details, progress, desc)
     finally:  # the model leaves as it came, plus trained adapters: peft's forward, its own attention, no caches
         unfuse_lora(peft_model)
+        if details.get("offloaded_layers"):
+            restore_layers(peft_model)
         base.set_attn_implementation(previous_attention)
         if details.get("checkpointed_layers"):
             base.gradient_checkpointing_disable()
@@ -200,14 +204,24 @@ def _plan_memory(peft_model, rows, plan, settings: FastSettings, device, details
         # fp32 master, its gradient, two Adam moments (the 8-bit optimizer needs less), and the loss's chunks
         reserve = n_train * 16 + 0.75 * 2**30 + 6 * tokens * base.config.hidden_size
         available = limit - in_use - reserve
+        kept, checkpointed = packed_activation_bytes(base.config)
         if details["4bit"] and details["fused_lora_layers"] and settings.dense_cache:
-            kept, checkpointed = packed_activation_bytes(base.config)  # first buy back the dequantization time
+            # first buy back the dequantization time
             floor = (base.config.num_hidden_layers * checkpointed + kept) * tokens
             used = cache_dense_weights(peft_model, available - floor, compute_dtype(base))
             details["dense_cache_gib"] = used / 2**30
             available -= used
-        tokens, fraction = plan_checkpointing(base.config, tokens, available, settings.max_length)
+        example = max(len(row["input_ids"]) for row in rows)
+        too_long = (base.config.num_hidden_layers * checkpointed + kept) * example > available
+        offload = _choose(settings.offload, too_long)
+        if not offload:
+            tokens, fraction = plan_checkpointing(base.config, tokens, available, settings.max_length)
         details["memory_limit_gib"] = limit / 2**30
+    else:
+        offload = settings.offload is True
+    if offload:  # one example longer than checkpointing fits: inputs to host memory, MLP in chunks
+        details["offloaded_layers"] = offload_layers(peft_model, settings.mlp_chunk_tokens)
+        fraction = 0.0
     details["checkpointed_layers"] = set_checkpointing(peft_model, _choose(settings.gradient_checkpointing, fraction),
                                                        preserve_rng=bool(settings.dropout))
     details["max_tokens"] = max_tokens = max(tokens, settings.max_length)
@@ -302,6 +316,8 @@ def graphs_reason(settings: FastSettings, device, details: dict) -> str | None:
         return "LoRA dropout draws random masks (graphs would replay the same ones)"
     if details.get("compiled"):
         return "torch.compile'd layers"
+    if details.get("offloaded_layers"):
+        return "layer inputs offloaded to host memory (copies a graph would replay into freed buffers)"
     return None
 
 

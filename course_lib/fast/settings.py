@@ -33,6 +33,9 @@ class FastSettings:
     max_tokens: int | None = None  # micro-batch token budget; None: a whole step if memory allows
     memory_limit_gib: float | None = None  # GPU memory to stay under (default: 85 % of the GPU)
     gradient_checkpointing: bool | float | str = "auto"  # auto: only as many layers as memory demands
+    offload: bool | str = "auto"  # layer inputs in host memory, MLP recomputed in chunks (fast.longctx); auto: when
+    # even checkpointing every layer does not fit the longest example
+    mlp_chunk_tokens: int = 8192  # with offload: tokens per MLP recomputation
     fused_lora: bool = True  # run LoRA layers through fast.lora (needs dropout 0)
     grouped_lora: bool = True  # and q/k/v, gate/up of a layer as one group: their shared input read once
     dense_cache: bool = True  # 4-bit base: keep dequantized weights in whatever memory the limit leaves spare

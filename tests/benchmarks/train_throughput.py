@@ -209,7 +209,7 @@ def run_isolated(method: str, path: str, args, overrides: dict | None) -> dict:
     """`run_one` in a fresh Python process (clean GPU memory statistics, no kernel patches left behind)."""
     command = [sys.executable, __file__, "--worker", json.dumps([method, path, overrides or {}]),
                "--cache", args.cache, "--seed", str(args.seed)] + (["--steps", str(args.steps)] if args.steps else []) \
-        + (["--t4"] if args.t4 else []) \
+        + (["--t4"] if args.t4 else []) + ["--long-from", str(args.long_from), "--long-to", str(args.long_to)] \
         + (["--recipe-micro-batch", str(args.recipe_micro_batch)] if args.recipe_micro_batch else [])
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
@@ -246,7 +246,7 @@ def long_context(method: str, path: str, args) -> dict:
     torch.cuda.set_per_process_memory_fraction(T4_GIB * 2**30 / torch.cuda.get_device_properties(0).total_memory)
     vocab = SHAPES[shape]["vocab_size"]
     tried = []
-    for length in LONG_LENGTHS:
+    for length in [n for n in LONG_LENGTHS if args.long_from <= n <= args.long_to]:
         model = build_model(shape, four_bit, "cuda", Path(args.cache))
         ids = torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(length)).tolist()
         rows = [{"input_ids": ids, "attention_mask": [1] * length, "labels": ids}]
@@ -258,7 +258,8 @@ def long_context(method: str, path: str, args) -> dict:
         try:
             result = train_fast(model, _Tok(), rows, settings, progress=False)
             ok, error = math.isfinite(result.losses[-1]), None
-            details = {k: v for k, v in result.details.items() if k in ("checkpointed_layers", "graphs", "max_tokens")}
+            details = {k: v for k, v in result.details.items()
+                       if k in ("checkpointed_layers", "graphs", "max_tokens", "offloaded_layers")}
         except torch.OutOfMemoryError as err:
             ok, error, details = False, str(err).splitlines()[0][:200], {}
         result = None
@@ -572,6 +573,8 @@ def main() -> None:
     parser.add_argument("--recipe-micro-batch", type=int, help="the recipe's examples per forward pass (default 8)")
     parser.add_argument("--long", action="store_true",
                         help="the longest single example each path trains at batch 1 under a 15 GiB cap")
+    parser.add_argument("--long-from", type=int, default=2048, help="--long: the first length tried")
+    parser.add_argument("--long-to", type=int, default=LONG_LENGTHS[-1], help="--long: the last length tried")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
