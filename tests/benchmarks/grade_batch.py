@@ -8,7 +8,9 @@ Each submission is the reference solution (so every unit does the full work). Fo
 per submission (batch wall time / students) at each setting, with the speed-up over `--workers 1` measured in the
 same run as the baseline, then the projection for 500 students x 8 notebooks on N cores, from the measured serial
 time and the measured parallel efficiency. `--dask-workers K` starts a real local cluster (a scheduler and K
-workers, each a `dask` process) and grades through its address, as `course grade --dask` does.
+workers, each a `dask` process) and grades through its address, as `course grade --dask` does. With `--json FILE`
+the measurements are written after every notebook and merged with those already in FILE for the same students and
+settings, so a run of several hours can go notebook by notebook (`--notebook`), and the projection covers them all.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="grade-bench-"))
     processes: list[subprocess.Popen] = []
     measured: dict[str, dict[str, float]] = {}
+    if args.json and Path(args.json).exists():
+        earlier = json.loads(Path(args.json).read_text())
+        if earlier["students"] == args.students and earlier["settings"] == settings:
+            measured.update(earlier["seconds_per_submission"])
     try:
         address = None
         if args.dask_workers:
@@ -88,6 +94,10 @@ def main() -> None:
                     print(f"  {solution.stem} {setting}: only {full}/{args.students} full marks")
                 measured[solution.stem][setting] = seconds / args.students
                 shutil.rmtree(out, ignore_errors=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"cores": cores(), "students": args.students,
+                                                       "settings": settings, "seconds_per_submission": measured},
+                                                      indent=1))
             row = measured[solution.stem]
             base = row[settings[0]]
             print(f"{solution.stem:28}" + "".join(f"{row[s]:14.1f}" for s in settings) + "   "
@@ -97,7 +107,8 @@ def main() -> None:
             process.terminate()
         shutil.rmtree(work, ignore_errors=True)
     serial = sum(row[settings[0]] for row in measured.values()) / len(measured) * NOTEBOOKS
-    print(f"\nProjection for {STUDENTS} students x {NOTEBOOKS} notebooks (mean measured notebook x {NOTEBOOKS}):")
+    print(f"\nProjection for {STUDENTS} students x {NOTEBOOKS} notebooks (mean of the {len(measured)} measured notebooks"
+          f" x {NOTEBOOKS}):")
     for setting in settings[1:]:
         count = int(setting.split("=")[1])
         efficiency = sum(row[settings[0]] / row[setting] for row in measured.values()) / len(measured) / count
@@ -105,9 +116,6 @@ def main() -> None:
         for n in (1, 2, 8, 32, 128):
             hours = STUDENTS * serial / (n * (efficiency if n > 1 else 1.0)) / 3600
             print(f"    {n:4d} workers (one per core): {hours:7.1f} h")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"cores": cores(), "students": args.students, "settings": settings,
-                                               "seconds_per_submission": measured}, indent=1))
 
 
 if __name__ == "__main__":
