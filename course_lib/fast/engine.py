@@ -1,4 +1,5 @@
-"""The GPU fast path for LoRA: the textbook maths, without the textbook's waste. `finetune_lora` and `finetune_qlora` call it on CUDA.
+"""The GPU fast path for LoRA and QLoRA: the textbook maths, without the textbook's waste. `finetune_lora` and
+`finetune_qlora` call it on CUDA.
 
     from course_lib.fast.engine import train_fast
     from course_lib.fast.settings import FastSettings
@@ -10,7 +11,8 @@ token-weighted loss, so their loss curves agree; the fast path just spends the G
 
 * padding-free packing that keeps example boundaries (`fast.packing`): no padding is computed at all;
 * varlen flash attention on packed rows (`fast.ops.varlen_attention`): no attention across examples; where flash
-  varlen is missing (a T4, a CPU) the row's examples go through SDPA side by side, padded (`fast.ops.padded_attention`);
+  varlen is missing (a T4, a CPU) the row's examples go through SDPA side by side, padded
+  (`fast.ops.padded_attention`);
 * the loss only on the tokens that are learned, with a chunked linear cross-entropy (no full fp32 logits);
 * a fused LoRA layer (`fast.lora`): scale and add ride on the matmul, half the activation traffic of peft's;
 * bf16 end to end (adapters too) with fp32 master weights and a fused AdamW, or paged 8-bit AdamW for QLoRA;
