@@ -4,7 +4,9 @@ processes and on a Dask cluster, and project the time for a whole course.
     python tests/benchmarks/grade_batch.py [--students 20] [--notebook 00_quick_start ...] [--workers 1 --workers 2]
                                            [--dask-workers 2] [--json results.json]
 
-Each submission is the reference solution (so every unit does the full work). For every notebook it prints seconds
+Each submission is the reference solution (so every unit does the full work); the capstone's also carries the
+course's reference adapter with one weight of its own moved by one unit in the last place, so that every adapter is
+scored on the hidden split, as a class's own adapters would be (identical bytes would reuse one score). For every notebook it prints seconds
 per submission (batch wall time / students) at each setting, with the speed-up over `--workers 1` measured in the
 same run as the baseline, then the projection for 500 students x 8 notebooks on N cores, from the measured serial
 time and the measured parallel efficiency. `--dask-workers K` starts a real local cluster (a scheduler and K
@@ -24,11 +26,29 @@ import tempfile
 import time
 from pathlib import Path
 
+from course_lib.capstone import rules
+from course_lib.instructor import capstone
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.runners import cores
 
 REPO = Path(__file__).resolve().parents[2]
 STUDENTS, NOTEBOOKS = 500, 8  # the course the projection is for
+REFERENCE_ADAPTER = REPO / "tests" / "instructor" / "fixtures" / "capstone_reference_adapter"
+
+
+def _student_adapter(folder: Path, student: int) -> None:
+    """The reference adapter with one weight (the student's own) moved by one unit in the last place: its own bytes,
+    the same score. (Adding a small float would not do: the weights are bf16, and 1e-6 rounds away.)"""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True)
+    shutil.copy(REFERENCE_ADAPTER / "adapter_config.json", folder)
+    weights = load_file(REFERENCE_ADAPTER / "adapter_model.safetensors")
+    first = sorted(weights)[0]
+    bits = weights[first].view(-1).view(torch.int16 if weights[first].element_size() == 2 else torch.int32)
+    bits[student] += 1
+    save_file(weights, folder / "adapter_model.safetensors")
 
 
 def _start_dask(workers: int, folder: Path) -> tuple[str, list[subprocess.Popen]]:
@@ -64,6 +84,9 @@ def main() -> None:
     settings = [f"workers={w}" for w in (args.workers or [1, 2])] + (
         [f"dask={args.dask_workers}"] if args.dask_workers else [])
     work = Path(tempfile.mkdtemp(prefix="grade-bench-"))
+    secret = work / "capstone-secret"  # outside every folder a sandboxed kernel may read
+    secret.write_text("grade-batch-benchmark-secret\n")
+    secret.chmod(0o600)
     processes: list[subprocess.Popen] = []
     measured: dict[str, dict[str, float]] = {}
     if args.json and Path(args.json).exists():
@@ -81,10 +104,14 @@ def main() -> None:
             for i in range(args.students):
                 (submissions / f"student{i:03d}").mkdir(parents=True)
                 shutil.copy(solution, submissions / f"student{i:03d}" / solution.name)
+                if capstone.is_capstone(solution):
+                    _student_adapter(submissions / f"student{i:03d}" / rules.ADAPTER_FOLDER, i)
             measured[solution.stem] = {}
             for setting in settings:
                 kind, count = setting.split("=")
                 options = {"dask": address} if kind == "dask" else {"workers": int(count)}
+                if capstone.is_capstone(solution):
+                    options |= {"capstone_secret": secret, "capstone_reference": REFERENCE_ADAPTER}
                 out = work / f"out-{solution.stem}-{kind}{count}"
                 started = time.perf_counter()
                 result = grade_folder(submissions, [solution], out, **options)
