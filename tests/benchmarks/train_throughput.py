@@ -3,6 +3,7 @@
     python tests/benchmarks/train_throughput.py               # GPU: LoRA 1.7B, QLoRA 1.7B, LoRA 135M
     python tests/benchmarks/train_throughput.py --cpu         # tiny shapes, seconds on a CPU (CI checks it runs)
     python tests/benchmarks/train_throughput.py --curves      # also: loss curves of both paths on the course task
+    python tests/benchmarks/train_throughput.py --switch --cpu  # finetune_lora on this CPU: default vs Trainer
 
 Models are random-initialised with the published SmolLM2-1.7B / SmolLM2-135M shapes (LlamaConfig built here, no
 download). Data: random token ids with instruction-style lengths (lognormal, median 180, clipped to 16-512), every
@@ -379,6 +380,24 @@ def plot_curves(runs: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- profile
 
 
+KERNEL_KINDS = (  # (kind, substrings of a kernel's name), first match wins
+    ("attention", ("flash", "fmha", "attention")),
+    ("matmul", ("gemm", "nvjet", "sm90_xmma", "cutlass", "cublas", "splitkreduce")),
+    ("norm, RoPE, SwiGLU (Liger)", ("rms_norm", "rope", "swiglu", "silu")),
+    ("loss", ("cross_entropy", "log_softmax", "logsumexp")),
+    ("optimizer, clipping", ("multi_tensor", "foreach", "adam", "norm_kernel", "amp_")),
+    ("copy, fill", ("copy", "fill", "memset", "memcpy", "cat", "index")),
+    ("reduction", ("reduce",)),
+    ("elementwise", ("elementwise", "vectorized")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """A coarse kind for a CUDA kernel's name, for the profile's where-the-time-goes line."""
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
 def profile_fast(method: str, args, overrides: dict | None = None, steps: int = 6) -> None:
     """torch.profiler over `steps` fast-path steps (after as many warm-up steps): CPU wall vs GPU busy time per step."""
     import torch
@@ -404,6 +423,12 @@ def profile_fast(method: str, args, overrides: dict | None = None, steps: int = 
     print(f"PROFILE {method} {overrides or {}}: wall {1e3 * result.seconds / steps:.1f} ms/step, GPU busy "
           f"{busy / steps:.1f} ms/step, {len(kernels) / steps:.0f} kernels/step, "
           f"{result.tokens / result.seconds:,.0f} tokens/s (setup included)", flush=True)
+    by_kind: dict[str, float] = {}
+    for kernel in kernels:
+        kind = kernel_kind(kernel.name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + kernel.time_range.elapsed_us() / 1e3 / steps
+    print("GPU time by kind of kernel, ms/step: " + json.dumps({k: round(v, 2) for k, v in
+                                                                sorted(by_kind.items(), key=lambda kv: -kv[1])}))
     print(events.table(sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=60))
     print(events.table(sort_by="self_device_time_total", row_limit=args.profile_rows, max_name_column_width=60))
     if args.profile_rows > 12:  # which shapes the time goes to
@@ -415,11 +440,30 @@ def profile_fast(method: str, args, overrides: dict | None = None, steps: int = 
 # ---------------------------------------------------------------------------------------------------- finetune_lora
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 weights can pay off."""
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def trained_tokens(conversations, tokenizer, settings) -> int:
+    """Real tokens of the examples a run of `settings` trains on (both paths draw the same seeded epochs)."""
+    from course_lib.data.tokenize import to_rows
+    from course_lib.fast.packing import step_batches
+
+    rows = to_rows(conversations, tokenizer, settings.max_length)
+    plan = step_batches(len(rows), settings.batch_size, settings.steps, settings.seed, shuffle=True)
+    return sum(len(rows[i]["input_ids"]) for step in plan for i in step)
+
+
 def switch_check(args) -> list[dict]:
     """`train.finetune_lora` on this device with the notebooks' settings, default (auto) and fast=False.
 
     The course's default model on the course task, as notebook 00 runs it in the full profile: which path ran, wall
-    time, last training loss, held-out loss and exact match on test examples before and after.
+    time, real tokens per second, last training loss, held-out loss and exact match on test examples before and
+    after. With `--cpu` it runs on the CPU: the default and the Trainer in float32, and in bfloat16 where the CPU
+    has bf16 instructions.
     """
     import dataclasses
 
@@ -436,10 +480,16 @@ def switch_check(args) -> list[dict]:
     val = [tasks.to_messages(e) for e in splits["validation"]]
     prompts = [tasks.prompt_messages(e) for e in splits["test"]]
     references = [e.answer for e in splits["test"]]
-    settings = LoraSettings(steps=60, batch_size=8, seed=0)
+    settings = LoraSettings(steps=args.switch_steps, batch_size=8, seed=0)
+    if args.cpu:  # None shows what the default picks there
+        combos = [(torch.float32, None), (torch.float32, False)]
+        if cpu_has_bf16():
+            combos += [(torch.bfloat16, None), (torch.bfloat16, False)]
+    else:
+        combos = [(None, None), (None, False), (torch.float32, None), (torch.float32, False)]
     runs = []
-    for dtype, fast in ((None, None), (None, False), (torch.float32, None), (torch.float32, False)):
-        model, tokenizer = load_causal_lm(dtype=dtype)
+    for dtype, fast in combos:
+        model, tokenizer = load_causal_lm(dtype=dtype, device="cpu" if args.cpu else None)
         model_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         before = None
         if not runs:
@@ -450,7 +500,8 @@ def switch_check(args) -> list[dict]:
         after = exact_match_report(chat_generate(result.model, tokenizer, prompts, max_new_tokens=64, progress=False),
                                    references).accuracy
         row = {"dtype": model_dtype, "fast": fast, "path": result.path, "why": result.details.get("why"),
-               "seconds": result.seconds, "first_loss": result.losses[0], "last_loss": result.losses[-1],
+               "seconds": result.seconds, "tokens_per_s": trained_tokens(train, tokenizer, settings) / result.seconds,
+               "losses": result.losses, "first_loss": result.losses[0], "last_loss": result.losses[-1],
                "mean_last10": sum(result.losses[-10:]) / len(result.losses[-10:]), "val_loss": held_out_loss(result.model, tokenizer, val),
                "exact_before": before, "exact_after": after, "steps": result.global_step,
                "history_keys": sorted(result.history[0])}
@@ -566,8 +617,10 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="only check the fast path's kernels against references")
     parser.add_argument("--profile", nargs="*", help="profile fast-path steps of these methods (torch.profiler)")
     parser.add_argument("--profile-rows", type=int, default=12, help="rows of the profile's GPU table (more: by shape)")
-    parser.add_argument("--switch", action="store_true", help="finetune_lora on this GPU: auto (fast) vs fast=False")
+    parser.add_argument("--switch", action="store_true",
+                        help="finetune_lora on this GPU (with --cpu: on the CPU): auto vs fast=False")
     parser.add_argument("--switch-test", type=int, default=100, help="test examples for --switch's exact match")
+    parser.add_argument("--switch-steps", type=int, default=60, help="--switch: optimizer steps (notebook 00: 60)")
     parser.add_argument("--t4", action="store_true",
                         help="a T4 stand-in: fp16 weights (the recipe: fp16=True), no flash varlen, 15 GiB cap")
     parser.add_argument("--recipe-micro-batch", type=int, help="the recipe's examples per forward pass (default 8)")
@@ -609,11 +662,12 @@ def main() -> None:
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / "switch.json").write_text(json.dumps(runs, indent=1))
-        print("\n| model dtype | LoraSettings.fast | path ran | seconds | last loss | held-out loss | exact match |")
-        print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+        print("\n| model dtype | LoraSettings.fast | path ran | seconds | tokens/s | last loss | held-out loss | "
+              "exact match |")
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for r in runs:
-            print(f"| {r['dtype']} | {r['fast']} | {r['path']} | {r['seconds']:.1f} | {r['mean_last10']:.4f} | "
-                  f"{r['val_loss']:.4f} | {r['exact_after']:.0%} |")
+            print(f"| {r['dtype']} | {r['fast']} | {r['path']} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | "
+                  f"{r['mean_last10']:.4f} | {r['val_loss']:.4f} | {r['exact_after']:.0%} |")
         print(f"exact match before training: {runs[0]['exact_before']:.0%}")
         return
     if args.check:
