@@ -204,10 +204,10 @@ def test_qlora_fast_switch_trains_like_the_trainer(small_checkpoint, tokenizer):
 
 
 def test_qlora_takes_the_fast_path_by_the_lora_rule(small_checkpoint, tokenizer, monkeypatch):
-    """On a CPU the default is the Trainer; the rule is finetune_lora's (choose_path), with its reason."""
-    monkeypatch.setattr(finetune, "train_fast", lambda *a, **k: pytest.fail("the fast path ran on a CPU by default"))
+    """On a CPU the default is the fast path (measured faster there); the rule is finetune_lora's (choose_path)."""
+    monkeypatch.setattr(finetune, "train", lambda *a, **k: pytest.fail("the Trainer ran on a CPU by default"))
     model = bnb.load_4bit(small_checkpoint, device="cpu")
     conversations = [tasks.to_messages(example) for example in tasks.make_examples(2, seed=0)]
     result = finetune.finetune_qlora(model, tokenizer, conversations, LoraSettings(steps=1, batch_size=2, r=2, alpha=4),
                                      progress=False)
-    assert result.path == "trainer" and "cpu" in result.details["why"]
+    assert result.path == "fast" and "CPU" in result.details["why"] and result.details["4bit"]

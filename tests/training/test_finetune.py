@@ -62,12 +62,15 @@ def test_same_seed_same_losses(tokenizer):
     assert run() == run()
 
 
-def test_choose_path_is_fast_on_cuda_unless_switched_off(tiny_llama):
+def test_choose_path_is_fast_on_cuda_and_cpu_unless_switched_off(tiny_llama):
     assert choose_path(on_device(tiny_llama, "cuda"), LoraSettings())[0] is True
     assert choose_path(on_device(tiny_llama, "cuda"), LoraSettings(fast=False)) == (False, "LoraSettings(fast=False)")
-    fast, why = choose_path(tiny_llama, LoraSettings())
-    assert fast is False and "cpu" in why
-    assert choose_path(tiny_llama, LoraSettings(fast=True))[0] is True  # the same maths runs on a CPU too
+    fast, why = choose_path(tiny_llama, LoraSettings())  # measured faster than the Trainer on 2 cores
+    assert fast is True and "CPU" in why
+    assert choose_path(tiny_llama, LoraSettings(fast=False)) == (False, "LoraSettings(fast=False)")
+    fast, why = choose_path(on_device(tiny_llama, "mps"), LoraSettings())  # never measured there: the Trainer
+    assert fast is False and "mps" in why
+    assert choose_path(on_device(tiny_llama, "mps"), LoraSettings(fast=True))[0] is True
 
 
 def test_choose_path_falls_back_where_the_fast_path_would_be_wrong(tiny_llama):
@@ -113,14 +116,17 @@ def test_fast_switch_returns_what_notebooks_read(tiny_llama, tokenizer):
     assert not fast.model.training and any("lora_" in n for n, _ in fast.model.named_parameters())
 
 
-def test_cpu_default_stays_on_the_trainer(tiny_llama, tokenizer, monkeypatch):
-    def no_fast_path(*args, **kwargs):
-        raise AssertionError("the fast path ran on a CPU by default")
-
-    monkeypatch.setattr(finetune, "train_fast", no_fast_path)
+def test_cpu_default_is_the_fast_path_and_fast_false_the_trainer(tiny_llama, tokenizer, monkeypatch):
     settings = LoraSettings(steps=1, batch_size=2, warmup_steps=0, r=2, alpha=4)
-    result = finetune_lora(tiny_llama, tokenizer, conversations(4), settings, progress=False)
-    assert result.path == "trainer" and "cpu" in result.details["why"]
+    trainer = finetune.train
+    monkeypatch.setattr(finetune, "train", lambda *a, **k: pytest.fail("the Trainer ran on a CPU by default"))
+    result = finetune_lora(copy.deepcopy(tiny_llama), tokenizer, conversations(4), settings, progress=False)
+    assert result.path == "fast" and "CPU" in result.details["why"]
+    monkeypatch.setattr(finetune, "train", trainer)
+    monkeypatch.setattr(finetune, "train_fast", lambda *a, **k: pytest.fail("fast=False ran the fast path"))
+    result = finetune_lora(tiny_llama, tokenizer, conversations(4), dataclasses.replace(settings, fast=False),
+                           progress=False)
+    assert result.path == "trainer" and result.details["why"] == "LoraSettings(fast=False)"
 
 
 def test_fast_path_non_finite_loss_is_the_trainers_error(tiny_llama, tokenizer):
