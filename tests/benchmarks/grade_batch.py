@@ -6,13 +6,14 @@ processes and on a Dask cluster, and project the time for a whole course.
 
 Each submission is the reference solution (so every unit does the full work); the capstone's also carries the
 course's reference adapter with one weight of its own moved by one unit in the last place, so that every adapter is
-scored on the hidden split, as a class's own adapters would be (identical bytes would reuse one score). For every notebook it prints seconds
-per submission (batch wall time / students) at each setting, with the speed-up over `--workers 1` measured in the
-same run as the baseline, then the projection for 500 students x 8 notebooks on N cores, from the measured serial
-time and the measured parallel efficiency. `--dask-workers K` starts a real local cluster (a scheduler and K
-workers, each a `dask` process) and grades through its address, as `course grade --dask` does. With `--json FILE`
-the measurements are written after every notebook and merged with those already in FILE for the same students and
-settings, so a run of several hours can go notebook by notebook (`--notebook`), and the projection covers them all.
+scored on the hidden split, as a class's own adapters would be (identical bytes would reuse one score). For every
+notebook it prints seconds per submission (batch wall time / students) at each setting, with the speed-up over
+`--workers 1` measured in the same run as the baseline, then the projection for 500 students x 8 notebooks on N
+cores, from the measured serial time and the measured parallel efficiency. `--dask-workers K` starts a real local
+cluster (a scheduler and K workers, each a `dask` process) and grades through its address, as `course grade --dask`
+does. With `--json FILE` the measurements are written after every notebook and merged with those already in FILE for
+the same students and settings, so a run of several hours can go notebook by notebook (`--notebook`), and the
+projection covers them all.
 """
 
 from __future__ import annotations

@@ -448,7 +448,8 @@ def cpu_has_bf16() -> bool:
 
 
 def trained_tokens(conversations, tokenizer, settings) -> int:
-    """Real tokens of the examples a run of `settings` trains on (both paths draw the same seeded epochs)."""
+    """Real tokens of the examples the fast path draws for `settings` (the Trainer draws as many examples in its own
+    seeded order, and counts no tokens: for its row this is the expected count, not an exact one)."""
     from course_lib.data.tokenize import to_rows
     from course_lib.fast.packing import step_batches
 
