@@ -2,7 +2,8 @@
 
 - `training_memory`: weights, gradients and optimizer state from parameter counts alone (notebook 02's sum);
 - `estimate`: the whole training step from a model config, component by component (below);
-- `plan_checkpointing`: how many layers the GPU fast path checkpoints to fit a memory limit.
+- `plan_checkpointing`: how many layers the GPU fast path checkpoints to fit a memory limit;
+  `layers_to_uncheckpoint`: how many it can give back once the peak is measured.
 
 The planner counts bytes the way PyTorch holds them during a training step:
 
@@ -546,6 +547,12 @@ def plan_checkpointing(config, tokens: int, available: float, max_length: int) -
     spare = available - all_checkpointed
     keep = min(layers, int(spare / ((kept - checkpointed) * tokens)))
     return tokens, (layers - keep) / layers
+
+
+def layers_to_uncheckpoint(config, spare: float, tokens: int, checkpointed: int) -> int:
+    """How many of `checkpointed` layers can keep their activations in `spare` measured bytes (the plan's margin)."""
+    kept, input_only = packed_activation_bytes(config)
+    return max(0, min(checkpointed, int(spare / ((kept - input_only) * tokens))))
 
 
 def qlora_state_bytes(n_linear: float, n_other: float, n_adapter: float) -> float:

@@ -110,3 +110,14 @@ def test_switches_do_not_change_the_maths(tiny_llama, tokenizer):
     model = runs["checkpointed"].model
     assert not any("forward" in m.__dict__ for m in model.modules())
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def test_set_checkpointing_covers_the_leading_layers_and_switches_back_off(tiny_llama):
+    from course_lib.fast.engine import set_checkpointing
+
+    layers = list(tiny_llama.get_decoder().layers)
+    assert set_checkpointing(tiny_llama, 0.5, preserve_rng=False) == 0.5
+    assert [layer.gradient_checkpointing for layer in layers] == [True] * (len(layers) // 2) + [False] * (
+        len(layers) - len(layers) // 2)
+    assert set_checkpointing(tiny_llama, 0.0) == 0.0  # what the measured headroom does when every layer fits
+    assert not any(layer.gradient_checkpointing for layer in layers)

@@ -256,6 +256,18 @@ def test_fast_path_checkpoints_only_what_does_not_fit():
     assert fraction == 1.0 and 512 <= tokens < 8000 and tokens % 256 == 0  # too little: smaller micro-batches
 
 
+def test_measured_headroom_gives_back_whole_layers_and_no_more_than_were_checkpointed():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24)
+    kept, checkpointed = memory.packed_activation_bytes(config)
+    layer = (kept - checkpointed) * 8213  # one layer's activations kept instead of only its input
+    assert memory.layers_to_uncheckpoint(config, 0.99 * layer, 8213, 23) == 0
+    assert memory.layers_to_uncheckpoint(config, 2.5 * layer, 8213, 23) == 2
+    assert memory.layers_to_uncheckpoint(config, 100 * layer, 8213, 23) == 23
+    assert memory.layers_to_uncheckpoint(config, -layer, 8213, 23) == 0  # over the limit: nothing to give
+
+
 def test_qlora_state_bytes_agrees_with_the_planner():
     assert memory.qlora_state_bytes(0, 10, 0) == 40 and memory.qlora_state_bytes(0, 0, 10) == 160
     assert memory.qlora_state_bytes(64 * 256, 0, 0) == 64 * 256 / 2 + 256 + 4
