@@ -6,6 +6,7 @@ module 06); `chat_generate` is the same loop with a progress bar, as the evaluat
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -106,9 +107,28 @@ def encode_prompts(tokenizer, prompts: Sequence, max_prompt_tokens: int) -> list
 
 
 def prefix_in_cache(model) -> bool:
-    """True for a peft model whose active adapter is prefix tuning: its prefix travels as the first KV cache."""
+    """True for a peft model whose active, enabled adapter is prefix tuning: its prefix travels as the first KV cache."""
     config = getattr(model, "active_peft_config", None)
-    return str(getattr(config, "peft_type", "")).endswith("PREFIX_TUNING")
+    enabled = not getattr(model, "_adapters_disabled", False)  # peft's flag inside `with model.disable_adapter()`
+    return enabled and str(getattr(config, "peft_type", "")).endswith("PREFIX_TUNING")
+
+
+def _behind_prefix(model, batch: dict, pad_id: int) -> tuple[object, dict, dict]:
+    """A prefix-tuned model's prefix as a filled KV cache, the batch shifted behind its slots, and the base to run.
+
+    peft 0.21 hands a prefix to generate() as past_key_values, which transformers 5 drops after the first step (the
+    replies would be the base model's). A cache filled before generate() starts stays: generate() skips the input
+    positions the cache already holds (here placeholders), and the prompt sits after the prefix as in training.
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    slots = model.active_peft_config.num_virtual_tokens
+    placeholders = torch.full((ids.shape[0], slots), pad_id, dtype=ids.dtype, device=ids.device)
+    shifted = {"input_ids": torch.cat([placeholders, ids], dim=1),
+               "attention_mask": torch.cat([torch.ones_like(placeholders, dtype=mask.dtype), mask], dim=1)}
+    base = model.get_base_model()
+    # transformers 5.25 renamed forward's past_key_values to cache (the old name warns); earlier 5.x know only the old
+    key = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return base, shifted, {key: model.get_prompt(batch_size=ids.shape[0])}
 
 
 def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | None = None,
@@ -123,9 +143,7 @@ def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | N
     stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
-    # peft 0.21 hands a prefix to generate() as past_key_values, which transformers 5 drops after the first step;
-    # without a cache every step runs the whole sequence through forward(), which adds the prefix each time.
-    cache = {"use_cache": False} if prefix_in_cache(model) else {}
+    prefix = prefix_in_cache(model)
     was_training = model.training
     model.eval()
     if not settings.greedy:
@@ -135,9 +153,12 @@ def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | N
         idx = order[start : start + batch_size]
         rows = [{"input_ids": encoded[i], "attention_mask": [1] * len(encoded[i])} for i in idx]
         batch = {k: v.to(device) for k, v in pad_batch(rows, pad_id, "left").items()}
+        runner, cache = (model, {})
+        if prefix:
+            runner, batch, cache = _behind_prefix(model, batch, pad_id)
         width = batch["input_ids"].shape[1]
         with torch.no_grad():
-            out = model.generate(
+            out = runner.generate(
                 **batch, max_new_tokens=settings.max_new_tokens, do_sample=not settings.greedy, **sampling,
                 repetition_penalty=settings.repetition_penalty, eos_token_id=stops, pad_token_id=pad_id,
                 stopping_criteria=[_loop_guard(width, settings.loop_ngram, settings.loop_repeats)],

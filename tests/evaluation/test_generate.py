@@ -58,4 +58,36 @@ def test_a_prefix_tuned_model_answers_with_its_prefix(tiny_llama, tokenizer):
         expected.append(tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip())
     assert generate.generate(model, tokenizer, prompts, settings) == expected
     with model.disable_adapter():
+        assert not generate.prefix_in_cache(model)
         assert generate.generate(model, tokenizer, prompts, settings) != expected  # the prefix changes the answers
+
+
+def test_the_packaged_model_with_a_prefix_answers_as_greedy_decoding_by_hand():
+    """The real shape (30 layers, 9 query and 3 key-value heads, 16 virtual tokens), where a wrong position or a
+    dropped prefix shows at once: the cached path must give what the prefix-tuned forward pass gives token by token."""
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+
+    from course_lib.core import tasks
+    from course_lib.core.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(dtype=torch.float32)
+    model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=16))
+    with torch.no_grad():
+        for param in model.prompt_encoder.parameters():
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
+    model.eval()
+    prompts = [tasks.prompt_messages(example) for example in tasks.make_examples(3, seed=5)]
+    stops, expected = generate.stop_token_ids(tokenizer), []
+    for prompt in prompts:
+        ids = torch.tensor([generate.encode_prompts(tokenizer, [prompt], 1024)[0]])
+        start = ids.shape[1]
+        for _ in range(12):
+            with torch.no_grad():
+                next_id = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+            if next_id.item() in stops:
+                break
+        expected.append(tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip())
+    settings = generate.DecodingSettings(max_new_tokens=12)
+    assert generate.generate(model, tokenizer, prompts, settings) == expected
