@@ -398,10 +398,7 @@ def _use_headroom(static: StaticSteps, peft_model, samples, device, details: dic
     The plan prices activations with a margin and the capture measures them: on the 1.7B QLoRA shape under 7.5 GiB
     the plan checkpointed 23 of 24 layers and the measured peak sat 2.3 GiB under the limit.
     """
-    if details.get("headroom_checked") or details.get("offloaded_layers"):
-        return
-    details["headroom_checked"] = True
-    base = peft_model.get_base_model()
+    base = peft_model.get_base_model()  # (offloaded runs never get here: they replay no graphs)
     layers = base.config.num_hidden_layers
     before = details.get("checkpointed_layers", 0.0)
     spare = limit - torch.cuda.max_memory_reserved(device) - STEP_MARGIN_GIB * 2**30

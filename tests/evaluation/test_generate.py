@@ -7,6 +7,35 @@ import pytest
 from course_lib.evaluation import generate
 
 
+def with_random_prefix(model, virtual_tokens: int, scale: float):
+    """`model` with a prefix-tuning adapter whose prefix is random (seed 0) times `scale`, in eval mode."""
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+
+    model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens))
+    with torch.no_grad():
+        for param in model.prompt_encoder.parameters():
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(0)) * scale)
+    return model.eval()
+
+
+def greedy_by_hand(model, tokenizer, prompts, max_new_tokens: int) -> list[str]:
+    """Greedy replies one prompt at a time, the whole sequence through forward() at every step (which adds a prefix)."""
+    import torch
+
+    stops, replies = generate.stop_token_ids(tokenizer), []
+    for encoded in generate.encode_prompts(tokenizer, prompts, 100_000):
+        ids = torch.tensor([encoded])
+        for _ in range(max_new_tokens):
+            with torch.no_grad():
+                next_id = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+            if next_id.item() in stops:
+                break
+        replies.append(tokenizer.decode(ids[0, len(encoded):], skip_special_tokens=True).strip())
+    return replies
+
+
 def test_generate_safe_defaults(tiny_llama, tokenizer):
     tiny_llama.eval()
     stops = generate.stop_token_ids(tokenizer)
@@ -34,28 +63,11 @@ def test_loop_guard_detects_a_repeating_tail():
 
 
 def test_a_prefix_tuned_model_answers_with_its_prefix(tiny_llama, tokenizer):
-    import torch
-    from peft import PrefixTuningConfig, get_peft_model
-
-    model = get_peft_model(tiny_llama, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
-    with torch.no_grad():  # a prefix far from zero, so that answers with and without it differ
-        for param in model.prompt_encoder.parameters():
-            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(0)) * 3)
+    model = with_random_prefix(tiny_llama, virtual_tokens=4, scale=3)  # far from zero: the answers differ without it
     assert generate.prefix_in_cache(model) and not generate.prefix_in_cache(tiny_llama)
     prompts = ["A plain prompt", "Another, longer plain prompt"]
     settings = generate.DecodingSettings(max_new_tokens=6)
-    model.eval()
-    expected = []
-    for prompt in prompts:  # greedy by hand: the whole sequence through forward() each step, which adds the prefix
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        start = ids.shape[1]
-        for _ in range(6):
-            with torch.no_grad():
-                next_id = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
-            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-            if next_id.item() in generate.stop_token_ids(tokenizer):
-                break
-        expected.append(tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip())
+    expected = greedy_by_hand(model, tokenizer, prompts, 6)
     assert generate.generate(model, tokenizer, prompts, settings) == expected
     with model.disable_adapter():
         assert not generate.prefix_in_cache(model)
@@ -66,28 +78,12 @@ def test_the_packaged_model_with_a_prefix_answers_as_greedy_decoding_by_hand():
     """The real shape (30 layers, 9 query and 3 key-value heads, 16 virtual tokens), where a wrong position or a
     dropped prefix shows at once: the cached path must give what the prefix-tuned forward pass gives token by token."""
     import torch
-    from peft import PrefixTuningConfig, get_peft_model
 
     from course_lib.core import tasks
     from course_lib.core.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(dtype=torch.float32)
-    model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=16))
-    with torch.no_grad():
-        for param in model.prompt_encoder.parameters():
-            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
-    model.eval()
+    base, tokenizer = load_causal_lm(dtype=torch.float32)
+    model = with_random_prefix(base, virtual_tokens=16, scale=0.5)
     prompts = [tasks.prompt_messages(example) for example in tasks.make_examples(3, seed=5)]
-    stops, expected = generate.stop_token_ids(tokenizer), []
-    for prompt in prompts:
-        ids = torch.tensor([generate.encode_prompts(tokenizer, [prompt], 1024)[0]])
-        start = ids.shape[1]
-        for _ in range(12):
-            with torch.no_grad():
-                next_id = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
-            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-            if next_id.item() in stops:
-                break
-        expected.append(tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip())
-    settings = generate.DecodingSettings(max_new_tokens=12)
-    assert generate.generate(model, tokenizer, prompts, settings) == expected
+    expected = greedy_by_hand(model, tokenizer, prompts, 12)
+    assert generate.generate(model, tokenizer, prompts, generate.DecodingSettings(max_new_tokens=12)) == expected
