@@ -1,5 +1,9 @@
 """The runtime (course_lib.core.runtime): profiles from the environment or a parameter, seeds, the CPU's dtype."""
 
+import logging
+import subprocess
+import sys
+
 import pytest
 
 from course_lib.core import runtime
@@ -55,3 +59,12 @@ def test_cpu_device_is_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     device = runtime.detect_device()
     assert device.type == "cpu" and device.dtype == torch.float32
+
+
+def test_importing_course_lib_quiets_bitsandbytes_before_anything_imports_it():
+    # a notebook imports peft (and so bitsandbytes) before course_lib.start(); bitsandbytes' import-time warning
+    # about a Hub kernel and trust_remote_code must not reach the learner
+    code = ("import logging, sys; import course_lib; assert 'bitsandbytes' not in sys.modules; "
+            "print(logging.getLogger('bitsandbytes.backends.cpu.ops').getEffectiveLevel())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out) >= logging.ERROR
