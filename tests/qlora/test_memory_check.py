@@ -74,3 +74,17 @@ def test_planner_within_15_percent_on_gpu():
         got = memory_check.measure_peak(path, batch_size=8, seq_len=512, device="cuda", gradient_checkpointing=gc,
                                         **setup)
         assert abs(est.allocated_bytes - got["peak"]) / got["peak"] < 0.15, (setup, est.allocated_bytes, got["peak"])
+
+
+def test_after_the_block_glibc_keeps_freed_memory_for_reuse_again():
+    # inside PeakMemory every block over 64 KiB is mapped on its own and unmapped when freed, so that the peak follows
+    # live tensors; left on, that costs page faults at every later training step. After it, a freed 16 MiB block
+    # stays with the process for the next allocation.
+    if not memory_check.PeakMemory._can_reset():
+        pytest.skip("Linux does not let this process reset its peak memory here")
+    with memory_check.PeakMemory("cpu"):
+        torch.ones(1024)
+    before = memory_check._rss_kib("VmRSS")
+    block = torch.ones(16 * 2**20 // 4)
+    del block
+    assert memory_check._rss_kib("VmRSS") - before >= 12 * 1024
