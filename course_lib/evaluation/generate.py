@@ -106,19 +106,29 @@ def encode_prompts(tokenizer, prompts: Sequence, max_prompt_tokens: int) -> list
     return encoded
 
 
-def prefix_in_cache(model) -> bool:
-    """True for a peft model whose active, enabled adapter is prefix tuning: its prefix travels as the first KV cache."""
+_VIRTUAL_TOKENS = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
+
+
+def virtual_tokens_in_cache(model) -> str | None:
+    """The peft type whose virtual tokens `generate` puts in the KV cache (prefix, prompt or p-tuning), else None.
+
+    None also inside `with model.disable_adapter()`, where the model answers as its base.
+    """
     config = getattr(model, "active_peft_config", None)
-    enabled = not getattr(model, "_adapters_disabled", False)  # peft's flag inside `with model.disable_adapter()`
-    return enabled and str(getattr(config, "peft_type", "")).endswith("PREFIX_TUNING")
+    if config is None or getattr(model, "_adapters_disabled", False):  # peft's flag inside disable_adapter()
+        return None
+    kind = getattr(config.peft_type, "value", str(config.peft_type))
+    return kind if kind in _VIRTUAL_TOKENS else None
 
 
-def _behind_prefix(model, batch: dict, pad_id: int) -> tuple[object, dict, dict]:
-    """A prefix-tuned model's prefix as a filled KV cache, the batch shifted behind its slots, and the base to run.
+def _behind_virtual_tokens(model, kind: str, batch: dict, pad_id: int) -> tuple[object, dict, dict]:
+    """The virtual tokens as a filled KV cache, the batch shifted behind their slots, and the base model to run.
 
     peft 0.21 hands a prefix to generate() as past_key_values, which transformers 5 drops after the first step (the
-    replies would be the base model's). A cache filled before generate() starts stays: generate() skips the input
-    positions the cache already holds (here placeholders), and the prompt sits after the prefix as in training.
+    replies would be the base model's); with transformers 5.25, which calls the cache `cache`, it injects prompt
+    tuning's embeddings again at every step (17 new positions per step for 16 virtual tokens; garbage replies).
+    A cache filled before generate() starts stays: generate() skips the input positions the cache already holds
+    (here placeholders), and the prompt sits after the virtual tokens, at the positions it had in training.
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     slots = model.active_peft_config.num_virtual_tokens
@@ -128,7 +138,13 @@ def _behind_prefix(model, batch: dict, pad_id: int) -> tuple[object, dict, dict]
     base = model.get_base_model()
     # transformers 5.25 renamed forward's past_key_values to cache (the old name warns); earlier 5.x know only the old
     key = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-    return base, shifted, {key: model.get_prompt(batch_size=ids.shape[0])}
+    if kind == "PREFIX_TUNING":  # the prefix is the keys and values themselves
+        return base, shifted, {key: model.get_prompt(batch_size=ids.shape[0])}
+    # prompt and p-tuning learn input embeddings: the base model turns them into keys and values, at positions 0..n-1
+    embeds = model.get_prompt(batch_size=ids.shape[0]).to(base.get_input_embeddings().weight.dtype)
+    with torch.no_grad():
+        filled = base(inputs_embeds=embeds, use_cache=True)[key]
+    return base, shifted, {key: filled}
 
 
 def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | None = None,
@@ -143,7 +159,7 @@ def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | N
     stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
-    prefix = prefix_in_cache(model)
+    virtual = virtual_tokens_in_cache(model)
     was_training = model.training
     model.eval()
     if not settings.greedy:
@@ -154,8 +170,8 @@ def generate(model, tokenizer, prompts: Sequence, settings: DecodingSettings | N
         rows = [{"input_ids": encoded[i], "attention_mask": [1] * len(encoded[i])} for i in idx]
         batch = {k: v.to(device) for k, v in pad_batch(rows, pad_id, "left").items()}
         runner, cache = (model, {})
-        if prefix:
-            runner, batch, cache = _behind_prefix(model, batch, pad_id)
+        if virtual:
+            runner, batch, cache = _behind_virtual_tokens(model, virtual, batch, pad_id)
         width = batch["input_ids"].shape[1]
         with torch.no_grad():
             out = runner.generate(
