@@ -23,9 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -429,9 +432,14 @@ def launch(num_processes: int = 2, config: RunConfig | None = None, progress: bo
     bar = progress_bar(total=config.steps, desc=f"{config.strategy}/{config.method} on {num_processes}",
                        disable=not progress)
     result, log = None, []
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    # its own session, so that a timeout stops the ranks too, not only the launcher
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
         deadline = time.monotonic() + timeout if timeout else None
-        for line in proc.stdout:
+        for line in _lines_until(proc, deadline):
+            if line is None:
+                _kill_session(proc)
+                raise TimeoutError(f"the distributed run took longer than {timeout:.0f} s")
             if line.startswith(MARK):
                 event = json.loads(line[len(MARK):])
                 if event["event"] == "step":
@@ -441,14 +449,48 @@ def launch(num_processes: int = 2, config: RunConfig | None = None, progress: bo
                     result = RunResult.from_dict(event["result"])
             else:
                 log.append(line)
-            if deadline and time.monotonic() > deadline:
-                proc.kill()
-                raise TimeoutError(f"the distributed run took longer than {timeout:.0f} s")
         proc.wait()
     bar.close()
     if proc.returncode != 0 or result is None:
         raise RuntimeError(f"`accelerate launch` failed (exit status {proc.returncode}):\n{failure_excerpt(log)}")
     return result
+
+
+def _lines_until(proc: subprocess.Popen, deadline: float | None):
+    """The process's output lines, then None if `deadline` (time.monotonic()) passes first.
+
+    A reader thread, because a rank that hangs prints nothing: reading the pipe directly would wait past any deadline
+    (a DDP test hung 11 minutes on a 600 s timeout with one of its two ranks gone).
+    """
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(_END)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            yield None
+            return
+        if line is _END:
+            return
+        yield line
+
+
+_END = object()
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """Kill the launcher and every rank it started (they share its session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _cuda_device_count() -> int:

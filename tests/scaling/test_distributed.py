@@ -65,6 +65,36 @@ def test_a_failing_worker_raises_with_its_error():
         launch(1, RunConfig(model="random:nope", data="random", steps=2), progress=False, timeout=300)
 
 
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.split()[:2] == ["State:", "Z"] for line in status)  # a zombie runs nothing
+    except FileNotFoundError:
+        return True
+
+
+def test_a_silent_hang_is_stopped_at_the_timeout_with_its_ranks(monkeypatch, tmp_path):
+    """A rank that waits forever prints nothing; the timeout must still fire, and kill the ranks, not only the
+    launcher (a DDP run once hung a test 11 minutes past its 600 s timeout)."""
+    import sys
+    import time
+
+    rank = ("import os, subprocess, sys, time; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+            f"open({str(tmp_path / 'pid')!r}, 'w').write(str(child.pid)); time.sleep(300)")
+    monkeypatch.setattr(distributed, "launch_command", lambda *args, **kwargs: [sys.executable, "-c", rank])
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="longer than 3 s"):
+        launch(1, RunConfig(**TINY), progress=False, timeout=3)
+    assert time.monotonic() - started < 30
+    pid = int((tmp_path / "pid").read_text())
+    for _ in range(50):
+        if _gone(pid):
+            break
+        time.sleep(0.1)
+    assert _gone(pid), "the rank's own child outlived the timeout"
+
+
 def test_launch_refuses_more_gpu_processes_than_gpus(monkeypatch):
     monkeypatch.setattr(distributed, "_cuda_device_count", lambda: 1)
     with pytest.raises(ValueError, match="2 processes need 2 GPUs and this machine has 1"):
