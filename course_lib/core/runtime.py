@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import sys
@@ -100,8 +99,7 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|bitsandbytes)")
     warnings.filterwarnings("ignore", message=".*Failed to initialize NumPy.*")
-    # bitsandbytes logs a warning about an optional CPU kernel package on import.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # bitsandbytes' import-time warning is quieted at `import course_lib` (course_lib/__init__.py): peft imports it first
     try:
         import transformers
 

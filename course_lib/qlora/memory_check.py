@@ -100,28 +100,30 @@ class PeakMemory:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters from malloc.h
 
 
-def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+def _mallopt(mmap_threshold: int, trim_threshold: int):
+    """Set glibc's two malloc thresholds; the C library, or None where there is no glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        return False
+        return None
     libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
     libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
-    return True
+    return libc
 
 
 def _glibc_returns_freed_memory() -> None:
     """Tell glibc to map every allocation over 64 KiB on its own and unmap it when freed (Linux with glibc only)."""
 
-    if _mallopt(64 * 1024, 0):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    libc = _mallopt(64 * 1024, 0)
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _glibc_keeps_freed_memory() -> None:
     """Let glibc reuse freed memory again, as its default settles to in a process that frees large blocks."""
 
     # Mapping and unmapping every tensor over 64 KiB costs page faults at every step: LoRA training steps of 4
-    # sequences ran 12 % slower under it on 2 cores, and the setting outlived the measured block. glibc's default
+    # sequences ran 6-33 % slower under it on 2 cores, and the setting outlived the measured block. glibc's default
     # threshold is dynamic (it rises to the largest block freed, up to 32 MiB on 64-bit, and trims at twice that);
     # mallopt cannot switch that back on, so this sets where it settles.
     _mallopt(32 * 2**20, 64 * 2**20)

@@ -456,6 +456,9 @@ def launch(num_processes: int = 2, config: RunConfig | None = None, progress: bo
     return result
 
 
+_END = object()  # the reader thread's last item: the pipe is closed
+
+
 def _lines_until(proc: subprocess.Popen, deadline: float | None):
     """The process's output lines, then None if `deadline` (time.monotonic()) passes first.
 
@@ -480,8 +483,6 @@ def _lines_until(proc: subprocess.Popen, deadline: float | None):
             return
         yield line
 
-
-_END = object()
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
