@@ -21,6 +21,7 @@ from rouge_score import rouge_scorer
 from course_lib.core.progress import progress_bar
 from course_lib.core.tasks import FIELDS
 from course_lib.data.tokenize import IGNORE_INDEX, pad_batch
+from course_lib.training.scored_logits import scored_logits
 
 # ----------------------------------------------------------------------------------------------- exact match
 
@@ -91,9 +92,11 @@ def batch_nll(model, batch: dict) -> tuple[float, int]:
     """Summed next-token NLL and the number of scored tokens (labels != -100) of one padded batch."""
 
     device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-    return logits_nll(logits, batch["labels"].to(device))
+    with torch.no_grad():  # the output layer runs only where a label is scored; `logits_nll` shows the whole sum
+        logits, targets = scored_logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                        batch["labels"].to(device))
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return float(nll), int((targets != IGNORE_INDEX).sum())
 
 
 def logits_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from course_lib.core.progress import progress_bar
 from course_lib.data.tokenize import IGNORE_INDEX, pad_batch
+from course_lib.training.scored_logits import scored_logits
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,9 @@ def score_answers(model, rows: Sequence[dict], batch_size: int = 8, progress: bo
         chunk = [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"]),
                   "attention_mask": [1] * len(r["input_ids"])} for r in rows[start : start + batch_size]]
         batch = {k: torch.as_tensor(v).to(device) for k, v in pad_batch(chunk, 0, "right").items()}
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        # position t predicts token t + 1
-        logits, labels = logits[:, :-1, :].float(), batch["labels"][:, 1:]
+        with torch.no_grad():  # logits where position t predicts a scored token t + 1, and those tokens
+            logits, labels = scored_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        logits = logits.float()
         scored = labels != IGNORE_INDEX
         total += float(F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum"))
         count += int(scored.sum())

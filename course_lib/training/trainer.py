@@ -22,6 +22,22 @@ from course_lib.core.results import NonFiniteLossError, TrainResult
 from course_lib.data.tokenize import ChatCollator, to_rows
 from course_lib.training.callbacks import EarlyStoppingOnValLoss, LossHistory, ProgressBar, StopOnNonFiniteLoss
 from course_lib.training.config import ConfigError, TrainConfig, check_trainable_dtypes
+from course_lib.training.scored_logits import keeps_logits, scored_positions
+
+
+class ScoredLogitsTrainer(Trainer):
+    """The Trainer, with the output layer run only at the positions that predict a scored label: the same loss."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        # label smoothing, a custom loss or compute_metrics read the logits themselves: leave those alone
+        plain = self.label_smoother is None and self.compute_loss_func is None and self.compute_metrics is None
+        plain = plain and self.model_accepts_loss_kwargs  # `shift_labels` reaches the loss through **kwargs
+        if labels is not None and plain and keeps_logits(self.accelerator.unwrap_model(model)):
+            positions = scored_positions(labels)
+            # the model's causal-LM loss takes already-shifted labels for the kept logits (`shift_labels`)
+            inputs = {**inputs, "logits_to_keep": positions, "shift_labels": labels[:, 1:][:, positions]}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
 def collator_for(tokenizer, packing: bool):
@@ -86,7 +102,7 @@ def train(
     with _output_dir(config) as out:
         args = config.to_training_arguments(output_dir=out, device=device, check=False)
         args.restore_callback_states_from_checkpoint = True  # early stopping's patience counter survives a resume
-        trainer = Trainer(
+        trainer = ScoredLogitsTrainer(
             model=model, args=args, train_dataset=rows, eval_dataset=eval_rows,
             data_collator=collator_for(tokenizer, config.packing),
             callbacks=[bar, history, guard, *extra, *callbacks],
@@ -122,7 +138,7 @@ def evaluate_loss(model, tokenizer, data: Sequence, config: TrainConfig | None =
     with tempfile.TemporaryDirectory(prefix="course-eval-") as out:
         plain = config.replace(eval_strategy="no", save_strategy="no", early_stopping_patience=None, output_dir=None)
         args = plain.to_training_arguments(output_dir=out, device=device, check=False)
-        trainer = Trainer(model=model, args=args, eval_dataset=rows, data_collator=collator_for(tokenizer, config.packing))
+        trainer = ScoredLogitsTrainer(model=model, args=args, eval_dataset=rows, data_collator=collator_for(tokenizer, config.packing))
         trainer.remove_callback(PrinterCallback)
         loss = trainer.evaluate()["eval_loss"]
     model.eval()
