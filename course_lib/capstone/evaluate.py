@@ -56,7 +56,7 @@ def load_with_adapter(adapter_dir: Path | None, base: str = "default"):
     return model, tokenizer
 
 
-def evaluate(adapter_dir: Path | None, tickets: Sequence[Ticket], base: str = "default", batch_size: int = 32,
+def evaluate(adapter_dir: Path | None, tickets: Sequence[Ticket], base: str = "default", batch_size: int | None = None,
              progress: bool = False) -> dict:
     """`score()` of greedy replies to the tickets, plus `seconds` taken, loading included."""
     if not tickets:

@@ -115,7 +115,7 @@ class BaselineResult:
 
 def prompting_baselines(model, tokenizer, examples: Sequence[Example], pool: Sequence[Example],
                         shots: Sequence[int] = DEFAULT_SHOTS, max_new_tokens: int = 48,
-                        max_prompt_tokens: int = MAX_PROMPT_TOKENS, seed: int = 0, batch_size: int = 8,
+                        max_prompt_tokens: int = MAX_PROMPT_TOKENS, seed: int = 0, batch_size: int | None = None,
                         progress: bool = True) -> dict[int, BaselineResult]:
     """Zero- and few-shot replies of `model` on `examples` (shots from `pool`), scored by exact match; keyed by k.
 

@@ -58,6 +58,32 @@ def test_generate_safe_defaults(tiny_llama, tokenizer):
         generate.generate(tiny_llama, tokenizer, [42], settings)
 
 
+def test_batches_are_sized_by_tokens_shortest_prompts_first():
+    lengths = [300, 40, 100, 41, 2000, 100]
+    planned = generate.plan_batches(lengths, max_new_tokens=48)
+    assert sorted(i for batch in planned for i in batch) == list(range(6))  # every prompt once
+    flat = [lengths[i] for batch in planned for i in batch]
+    assert flat == sorted(lengths)
+    for batch in planned:
+        widest = max(lengths[i] for i in batch) + 48
+        assert len(batch) == 1 or len(batch) * widest <= generate.BATCH_TOKENS
+    assert planned[-1] == [4]  # a prompt over the budget gets a batch of its own
+    assert len(generate.plan_batches([10] * 200, 22)) == 200 // generate.MAX_BATCH_ROWS + 1  # 32-token rows: row cap
+    assert len(generate.plan_batches([200] * 200, 56)) == 7  # 256-token rows: 32 fit 8192
+    assert generate.plan_batches(lengths, 48, batch_size=4) == [[1, 3, 2, 5], [0, 4]]
+    with pytest.raises(ValueError, match="batch_size"):
+        generate.plan_batches(lengths, 48, batch_size=0)
+
+
+def test_one_batch_answers_as_one_prompt_at_a_time(tiny_llama, tokenizer):
+    tiny_llama.eval()
+    prompts = [f"Prompt number {i} " + "word " * (i * 7 % 23) for i in range(12)]
+    settings = generate.DecodingSettings(max_new_tokens=6)
+    together = generate.generate(tiny_llama, tokenizer, prompts, settings)
+    assert len(generate.plan_batches([len(p) for p in generate.encode_prompts(tokenizer, prompts, 1024)], 6)) == 1
+    assert together == generate.generate(tiny_llama, tokenizer, prompts, settings, batch_size=1)
+
+
 def test_loop_guard_detects_a_repeating_tail():
     assert generate.repeats_tail([1, 2, 3] * 3, n=3, times=3)
     assert not generate.repeats_tail([1, 2, 3] * 2 + [4, 5, 6], n=3, times=2)
