@@ -1,5 +1,6 @@
 """Logits only at scored positions: the same losses as the stock Trainer and the full-logits sums, less output layer."""
 
+import copy
 import math
 
 import pytest
@@ -15,15 +16,6 @@ from course_lib.training.config import TrainConfig
 from course_lib.training.methods import apply_method
 from course_lib.training.scored_logits import keeps_logits, scored_logits, scored_positions
 from course_lib.training.trainer import evaluate_loss, train
-
-
-def _tiny(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id))
 
 
 def _chats(n, seed=0):
@@ -49,13 +41,14 @@ def test_scored_positions_are_those_that_predict_a_scored_label_in_any_row():
 
 
 @pytest.mark.parametrize("packing, grad_accum", [(False, 1), (False, 2), (True, 2)])
-def test_training_and_validation_losses_are_the_stock_trainers(tokenizer, monkeypatch, packing, grad_accum):
+def test_training_and_validation_losses_are_the_stock_trainers(tiny_llama, tokenizer, monkeypatch, packing,
+                                                                  grad_accum):
     config = TrainConfig(max_steps=4, per_device_batch_size=2, grad_accum=grad_accum, learning_rate=1e-2,
                          eval_strategy="steps", eval_steps=2, packing=packing, seed=3)
     runs = {}
     for name, trainer_class in [("stock", Trainer), ("scored", trainer_module.ScoredLogitsTrainer)]:
         monkeypatch.setattr(trainer_module, "ScoredLogitsTrainer", trainer_class)
-        model = apply_method(_tiny(tokenizer), "lora")
+        model = apply_method(copy.deepcopy(tiny_llama), "lora")
         rows = _OutputRows(model)
         result = train(model, tokenizer, _chats(16), config, eval_data=_chats(6, seed=1), progress=False)
         runs[name] = (result, rows.positions)
@@ -67,24 +60,24 @@ def test_training_and_validation_losses_are_the_stock_trainers(tokenizer, monkey
     assert scored_rows < 0.5 * stock_rows
 
 
-def test_evaluate_loss_is_the_stock_trainers(tokenizer, monkeypatch):
-    model = apply_method(_tiny(tokenizer), "lora")
+def test_evaluate_loss_is_the_stock_trainers(tiny_llama, tokenizer, monkeypatch):
+    model = apply_method(tiny_llama, "lora")
     scored = evaluate_loss(model, tokenizer, _chats(6), TrainConfig(per_device_batch_size=4))
     monkeypatch.setattr(trainer_module, "ScoredLogitsTrainer", Trainer)
     assert scored == pytest.approx(evaluate_loss(model, tokenizer, _chats(6), TrainConfig(per_device_batch_size=4)),
                                    rel=1e-5)
 
 
-def test_prompt_tuning_keeps_every_logit_and_still_trains(tokenizer):
-    model = apply_method(_tiny(tokenizer), "prompt_tuning", virtual_tokens=4)
+def test_prompt_tuning_keeps_every_logit_and_still_trains(tiny_llama, tokenizer):
+    assert keeps_logits(tiny_llama) and keeps_logits(apply_method(copy.deepcopy(tiny_llama), "lora"))
+    model = apply_method(tiny_llama, "prompt_tuning", virtual_tokens=4)
     assert not keeps_logits(model)  # its virtual tokens shift every position
-    assert keeps_logits(apply_method(_tiny(tokenizer), "lora")) and keeps_logits(_tiny(tokenizer))
     result = train(model, tokenizer, _chats(4), TrainConfig(max_steps=2, per_device_batch_size=2), progress=False)
     assert all(math.isfinite(h["loss"]) for h in result.history)
 
 
-def test_perplexity_and_answer_scores_match_the_full_logits(tokenizer):
-    model = _tiny(tokenizer).eval()
+def test_perplexity_and_answer_scores_match_the_full_logits(tiny_llama, tokenizer):
+    model = tiny_llama.eval()
     rows = to_rows(_chats(5), tokenizer, 256)
     counter = _OutputRows(model)
     ppl = metrics.perplexity(model, rows, batch_size=2, progress=False)
@@ -107,8 +100,8 @@ def test_perplexity_and_answer_scores_match_the_full_logits(tokenizer):
     assert library_positions < 2 * 0.5 * full_positions  # two passes, each on under half the positions
 
 
-def test_scored_logits_line_up_with_their_labels(tokenizer):
-    model = _tiny(tokenizer).eval()
+def test_scored_logits_line_up_with_their_labels(tiny_llama, tokenizer):
+    model = tiny_llama.eval()
     batch = {k: torch.as_tensor(v) for k, v in pad_batch(to_rows(_chats(3), tokenizer, 256), 0, "right").items()}
     with torch.no_grad():
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
