@@ -138,7 +138,8 @@ def evaluate_loss(model, tokenizer, data: Sequence, config: TrainConfig | None =
     with tempfile.TemporaryDirectory(prefix="course-eval-") as out:
         plain = config.replace(eval_strategy="no", save_strategy="no", early_stopping_patience=None, output_dir=None)
         args = plain.to_training_arguments(output_dir=out, device=device, check=False)
-        trainer = ScoredLogitsTrainer(model=model, args=args, eval_dataset=rows, data_collator=collator_for(tokenizer, config.packing))
+        trainer = ScoredLogitsTrainer(model=model, args=args, eval_dataset=rows,
+                                      data_collator=collator_for(tokenizer, config.packing))
         trainer.remove_callback(PrinterCallback)
         loss = trainer.evaluate()["eval_loss"]
     model.eval()
