@@ -11,6 +11,7 @@ import concurrent.futures as futures
 import multiprocessing
 import os
 import signal
+import sys
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
@@ -55,8 +56,14 @@ class InProcess:
         """Nothing to close."""
 
 
-def _ignore_interrupts() -> None:
+def _start_worker() -> None:
+    """Set up a forked pool process: Ctrl-C is the main process's, and output goes to the process's own streams."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the batch from the main process, which cleans up
+    # The grader forks its pool inside its progress display, which has replaced sys.stdout and sys.stderr with
+    # proxies that take the display's lock. Its refresh thread may hold that lock at the fork; the child's copy then
+    # stays locked for good, and the first warning a worker printed hung it (a class graded from a terminal waited
+    # for 25 minutes on one notebook).
+    sys.stdout, sys.stderr = sys.__stdout__ or sys.stdout, sys.__stderr__ or sys.stderr
 
 
 class LocalPool:
@@ -74,7 +81,7 @@ class LocalPool:
 
     def _start(self) -> futures.ProcessPoolExecutor:
         return futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                           initializer=_ignore_interrupts)
+                                           initializer=_start_worker)
 
     def submit(self, fn: Callable, *args: Any) -> futures.Future:
         return self._pool.submit(fn, *args)

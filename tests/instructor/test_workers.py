@@ -74,3 +74,42 @@ def test_a_run_stopped_with_several_in_flight_grades_them_again_and_one_alone_st
 def test_default_workers_fit_the_cores_and_the_memory():
     workers, why = runners.default_workers()
     assert 1 <= workers <= runners.cores() and f"{runners.cores()} core(s)" in why
+
+
+def _print_and_warn(value):
+    import warnings
+
+    print("a line a grading unit prints")
+    warnings.warn("a warning a grading unit prints")
+    return value
+
+
+def test_a_pool_forked_inside_the_progress_display_prints_past_its_lock():
+    """The grader forks its pool inside a rich display whose proxies replace stdout and stderr; the display's
+    lock, held by another thread at the fork, stays held in the child, whose first printed line then hung."""
+    import io
+    import threading
+
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(file=io.StringIO(), force_terminal=True)
+    with Live(console=console, redirect_stdout=True, redirect_stderr=True, auto_refresh=False) as live:
+        held, release = threading.Event(), threading.Event()
+
+        def hold_the_lock():
+            with live._lock:  # as the display's refresh thread does, many times a second
+                held.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        held.wait()
+        pool = runners.LocalPool(1)
+        try:
+            future = pool.submit(_print_and_warn, 7)  # the pool forks its process now, with the lock held
+            release.set()
+            holder.join()
+            assert future.result(timeout=60) == 7
+        finally:
+            pool.close(cancel=True)
