@@ -484,7 +484,6 @@ def _lines_until(proc: subprocess.Popen, deadline: float | None):
         yield line
 
 
-
 def _kill_session(proc: subprocess.Popen) -> None:
     """Kill the launcher and every rank it started (they share its session)."""
     try:
