@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,30 @@ def random_rows(lengths, vocab: int = 1000, seed: int = 0, learn_from: int = 0) 
         ids = torch.randint(3, vocab, (n,), generator=g).tolist()
         rows.append({"input_ids": ids, "labels": [-100] * learn_from + ids[learn_from:]})
     return rows
+
+
+def kill_tree(root: int) -> int:
+    """SIGKILL `root` and every process below it, wherever its session; returns how many were signalled.
+
+    For a command that ran past a test's timeout: `subprocess.run` kills only its child, and a child that starts its
+    own session (`script`, `setsid`) leaves the rest running for the remainder of the suite."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after the name: state, then ppid
+        except (OSError, IndexError, ValueError):  # the process ended while we looked
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    signalled = 0
+    for pid in found:  # all of them after the walk: a parent killed first would hand its children to init
+        try:
+            os.kill(pid, signal.SIGKILL)
+            signalled += 1
+        except ProcessLookupError:
+            continue
+    return signalled

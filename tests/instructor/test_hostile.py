@@ -19,7 +19,7 @@ import pytest
 
 from course_lib.instructor.batch import grade_folder
 from course_lib.instructor.sandbox import Limits, landlock_abi
-from tests.helpers import slow_extra
+from tests.helpers import kill_tree, slow_extra
 from tests.instructor.ordinary_user import NOBODY, as_ordinary_user
 from tests.instructor.tiny_assignment import FULL, STEM, TINY, graded_cell, solution, wrong_is_even
 
@@ -353,9 +353,15 @@ def test_an_ordinary_user_grades_the_hostile_class_alike(batch, tmp_path_factory
         wrapped = as_ordinary_user(command, place / "home")
         # `script` gives the grader a terminal, as an instructor's shell would: no kernel may type into it
         shell = " ".join(shlex.quote(part) for part in wrapped)
-        done = subprocess.run(["script", "-qec", shell, "/dev/null"], cwd=place, capture_output=True, text=True,
-                              timeout=1500)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        done = subprocess.Popen(["script", "-qec", shell, "/dev/null"], cwd=place, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = done.communicate(timeout=1500)
+        except subprocess.TimeoutExpired:
+            kill_tree(done.pid)  # the grader runs in `script`'s own session: killing `script` alone leaves it running
+            done.communicate()
+            raise
+        assert done.returncode == 0, stdout[-3000:] + stderr[-3000:]
         assert (place / "grading" / "nbgrader" / "gradebook.db").stat().st_uid == NOBODY
         assert _scores(place / "grading" / "grades.csv") == _scores(result.csv, leave_out=BUDGET_ONLY)
         assert not outside.exists()
