@@ -461,10 +461,10 @@ def trained_tokens(conversations, tokenizer, settings) -> int:
 def switch_check(args) -> list[dict]:
     """`train.finetune_lora` on this device with the notebooks' settings, default (auto) and fast=False.
 
-    The course's default model on the course task, as notebook 00 runs it in the full profile: which path ran, wall
-    time, real tokens per second, last training loss, held-out loss and exact match on test examples before and
-    after. With `--cpu` it runs on the CPU: the default and the Trainer in float32, and in bfloat16 where the CPU
-    has bf16 instructions.
+    The course's default model on the course task, as notebook 00 ran it in the full profile (60 steps; now 40): which
+    path ran, wall time, real tokens per second, last training loss, held-out loss and exact match on test examples
+    before and after. With `--cpu` it runs on the CPU: the default and the Trainer in float32, and in bfloat16 where
+    the CPU has bf16 instructions.
     """
     import dataclasses
 
@@ -621,7 +621,8 @@ def main() -> None:
     parser.add_argument("--switch", action="store_true",
                         help="finetune_lora on this GPU (with --cpu: on the CPU): auto vs fast=False")
     parser.add_argument("--switch-test", type=int, default=100, help="test examples for --switch's exact match")
-    parser.add_argument("--switch-steps", type=int, default=60, help="--switch: optimizer steps (notebook 00: 60)")
+    parser.add_argument("--switch-steps", type=int, default=60,
+                        help="--switch: optimizer steps (the tables: 60; notebook 00 now 40)")
     parser.add_argument("--t4", action="store_true",
                         help="a T4 stand-in: fp16 weights (the recipe: fp16=True), no flash varlen, 15 GiB cap")
     parser.add_argument("--recipe-micro-batch", type=int, help="the recipe's examples per forward pass (default 8)")
