@@ -9,9 +9,9 @@ from __future__ import annotations
 import ast
 import json
 import os
-import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,23 +104,16 @@ def kill_tree(root: int) -> int:
 
     For a command that ran past a test's timeout: `subprocess.run` kills only its child, and a child that starts its
     own session (`script`, `setsid`) leaves the rest running for the remainder of the suite."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after the name: state, then ppid
-        except (OSError, IndexError, ValueError):  # the process ended while we looked
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
+    try:
+        top = psutil.Process(root)  # the whole tree first: a parent killed first would hand its children to init
+        found = [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
     signalled = 0
-    for pid in found:  # all of them after the walk: a parent killed first would hand its children to init
+    for process in found:
         try:
-            os.kill(pid, signal.SIGKILL)
+            process.kill()
             signalled += 1
-        except ProcessLookupError:
+        except psutil.NoSuchProcess:
             continue
     return signalled

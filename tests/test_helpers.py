@@ -3,16 +3,16 @@
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+import psutil
 
 from tests.helpers import kill_tree
 
 
 def _gone(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # killed, waiting for a parent to reap it
-    except (OSError, IndexError):
+    try:  # a zombie is killed, only waiting for a parent to reap it
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return True
 
 
