@@ -68,13 +68,26 @@ class Device:
         return f"{self.type} ({self.name}), {self.dtype_name}"
 
 
+def gpu_has_bf16(device=None) -> bool:
+    """True on a CUDA GPU with bf16 arithmetic of its own (compute capability 8.0 and up, or ROCm)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if torch.version.hip:
+        return True
+    # Not torch.cuda.is_bf16_supported(): by default it also says True where bf16 is only emulated (a T4, 7.5),
+    # which would put Colab's free GPU on slow bf16 instead of its fp16 tensor cores.
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def detect_device() -> Device:
-    """Find a CUDA GPU if there is one; bf16 where the GPU supports it, fp32 on CPU."""
+    """Find a CUDA GPU if there is one; bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU."""
     import torch
 
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        dtype = "bfloat16" if gpu_has_bf16() else "float16"
         return Device("cuda", name, dtype)
     # fp32 on CPU: bf16 matmuls are slow on most laptop CPUs and fp16 has no CPU kernels worth using.
     return Device("cpu", f"{os.cpu_count()} cores", "float32")

@@ -15,7 +15,7 @@ from peft import prepare_model_for_kbit_training
 from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from course_lib.core.results import TrainResult
-from course_lib.core.runtime import quiet
+from course_lib.core.runtime import gpu_has_bf16, quiet
 from course_lib.fast.lora import attach_lora
 from course_lib.fast.settings import FastSettings
 from course_lib.qlora.bnb import is_4bit
@@ -63,7 +63,7 @@ def train_recipe(model, tokenizer, rows: list[dict], settings: FastSettings, pro
             if logs and "loss" in logs:
                 history.append({"step": state.global_step, "loss": float(logs["loss"])})
 
-    bf16 = on_gpu and torch.cuda.is_bf16_supported() and not fp16
+    bf16 = on_gpu and gpu_has_bf16(device) and not fp16
     with tempfile.TemporaryDirectory(prefix="course-recipe-") as out:
         args = TrainingArguments(
             output_dir=out, max_steps=settings.steps, per_device_train_batch_size=settings.micro_batch_size,

@@ -16,14 +16,14 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from course_lib.core.models import ALL_LINEAR, ModelNotAvailable, find_spec, load_tokenizer, resolve
-from course_lib.core.runtime import detect_device
+from course_lib.core.runtime import detect_device, gpu_has_bf16
 
 
 def compute_dtype_for(device: str):
     """bf16 on a GPU that has it, fp16 on an older GPU, float32 on the CPU."""
 
     if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if gpu_has_bf16() else torch.float16
     return torch.float32
 
 

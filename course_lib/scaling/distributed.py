@@ -47,7 +47,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from course_lib.core import tasks
 from course_lib.core.models import ALL_LINEAR, load_causal_lm, load_tokenizer
 from course_lib.core.progress import progress_bar
-from course_lib.core.runtime import quiet
+from course_lib.core.runtime import gpu_has_bf16, quiet
 from course_lib.data.tokenize import pad_batch, tokenize_chat
 
 MARK = "@@course_lib.distributed "  # prefixes the lines the launcher parses; everything else is the workers' log
@@ -214,7 +214,7 @@ def train_distributed(config: RunConfig, log=None) -> RunResult:
     quiet()
     use_cpu = config.cpu or not torch.cuda.is_available()
     on_gpu = not use_cpu
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    bf16 = on_gpu and gpu_has_bf16()
     # bf16 autocast on a GPU, except when FSDP shards the model: its own mixed-precision policy casts the
     # gathered weights once per layer instead (one process runs the plain model, so it autocasts too).
     sharded = config.strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1

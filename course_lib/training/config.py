@@ -18,7 +18,7 @@ import torch
 from transformers import TrainingArguments, get_scheduler
 from transformers.training_args import OptimizerNames
 
-from course_lib.core.runtime import detect_device
+from course_lib.core.runtime import detect_device, gpu_has_bf16
 from course_lib.qlora.memory import estimate
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -323,7 +323,7 @@ def resolve_precision(precision: str, device: str | None = None) -> str:
     """'bf16', 'fp16' or 'fp32' for this device: auto picks bf16 where supported, fp16 on older GPUs, fp32 on CPU."""
 
     device = device or _device_type()
-    bf16_ok = device == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    bf16_ok = device == "cuda" and gpu_has_bf16()
     if precision == "auto":
         if device != "cuda":
             return "fp32"  # bf16 autocast on most laptop CPUs is slower than fp32, and fp16 has no CPU kernels

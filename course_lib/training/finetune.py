@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
 from peft import LoraConfig, get_peft_model
 
 from course_lib.core.models import ALL_LINEAR
@@ -20,7 +19,7 @@ from course_lib.data.tokenize import to_rows
 from course_lib.fast.engine import train_fast, unsupported_reason
 from course_lib.fast.settings import FastSettings
 from course_lib.qlora.bnb import add_lora, is_4bit, to_compute_dtype, unpack_cpu_weights
-from course_lib.training.config import TrainConfig
+from course_lib.training.config import TrainConfig, resolve_precision
 from course_lib.training.trainer import train
 
 
@@ -112,7 +111,7 @@ def finetune_lora(
     config = TrainConfig(
         max_steps=settings.steps, per_device_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup_steps, schedule="linear", weight_decay=0.0, max_length=settings.max_length,
-        precision="bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32", seed=settings.seed,
+        precision=resolve_precision("auto", "cuda") if on_gpu else "fp32", seed=settings.seed,
     )
     result = train(peft_model, tokenizer, rows, config, progress=progress,
                    desc="LoRA, Trainer" + (" (fast=False)" if on_gpu else ""))
@@ -163,7 +162,7 @@ def finetune_qlora(model, tokenizer, conversations: Sequence[Sequence[dict]], se
     config = TrainConfig(
         max_steps=settings.steps, per_device_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup_steps, schedule="linear", weight_decay=0.0, max_length=settings.max_length,
-        precision="bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32", seed=settings.seed,
+        precision=resolve_precision("auto", "cuda") if on_gpu else "fp32", seed=settings.seed,
         optim=optimizer or ("paged_adamw_8bit" if on_gpu else "adamw_torch"),
     )
     result = train(peft_model, tokenizer, rows, config, progress=progress,

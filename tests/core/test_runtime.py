@@ -61,6 +61,36 @@ def test_cpu_device_is_fp32(monkeypatch):
     assert device.type == "cpu" and device.dtype == torch.float32
 
 
+
+def _pretend_gpu(monkeypatch, capability):
+    """A CUDA GPU of this compute capability whose torch would emulate bf16 (as torch does on a T4)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {capability[0]}.{capability[1]}")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+
+
+@pytest.mark.parametrize("capability, bf16", [((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_only_where_the_gpu_computes_in_it(monkeypatch, capability, bf16):
+    """A T4 (7.5) trains in fp16 with a loss scale, though torch.cuda.is_bf16_supported() says True there."""
+    import torch
+
+    from course_lib.qlora.bnb import compute_dtype_for
+    from course_lib.training.config import resolve_precision
+
+    _pretend_gpu(monkeypatch, capability)
+    assert runtime.gpu_has_bf16() is bf16
+    device = runtime.detect_device()
+    assert device.type == "cuda" and device.dtype == (torch.bfloat16 if bf16 else torch.float16)
+    assert resolve_precision("auto", "cuda") == ("bf16" if bf16 else "fp16")
+    assert compute_dtype_for("cuda") == device.dtype  # QLoRA's 4-bit layers compute in the same dtype
+    if not bf16:
+        with pytest.raises(Exception, match="no bf16 support"):
+            resolve_precision("bf16", "cuda")
+
 def test_importing_course_lib_quiets_bitsandbytes_before_anything_imports_it():
     # a notebook imports peft (and so bitsandbytes) before course_lib.start(); bitsandbytes' import-time warning
     # about a Hub kernel and trust_remote_code must not reach the learner

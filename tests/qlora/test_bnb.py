@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from course_lib.core import tasks
+from course_lib.core.runtime import gpu_has_bf16
 from course_lib.lora.experiments import make_batches
 from course_lib.qlora import bnb, memory
 from course_lib.training import finetune
@@ -108,7 +109,7 @@ def test_qlora_step_on_gpu_uses_bf16_compute_and_paged_8bit_adamw(small_checkpoi
 
     model = bnb.load_4bit(small_checkpoint, device="cuda")
     layer = next(m for m in model.modules() if isinstance(m, bitsandbytes.nn.Linear4bit))
-    assert layer.compute_dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    assert layer.compute_dtype == (torch.bfloat16 if gpu_has_bf16() else torch.float16)
     seen = {}
 
     from transformers import TrainerCallback
@@ -141,7 +142,7 @@ def test_qlora_on_a_gpu_takes_the_fast_path_in_the_compute_dtype(small_checkpoin
     settings = LoraSettings(steps=3, batch_size=4, warmup_steps=0, r=4, alpha=8)
     result = finetune.finetune_qlora(model, tokenizer, conversations, settings, progress=False)
     assert result.path == "fast" and result.details["4bit"] and result.details["optimizer"] == "paged8bit"
-    assert result.details["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    assert result.details["dtype"] == ("bfloat16" if gpu_has_bf16() else "float16")
     assert all(math.isfinite(loss) for loss in result.losses)
     assert result.details["peak_reserved_gib"] > 0
 
