@@ -20,6 +20,12 @@ def forward_and_grads(model, ids):
     return logits.detach(), grads
 
 
+
+def close_in_norm(got, want):
+    """Equal to fp32 rounding relative to the whole gradient: the fused layers sum the same products in another
+    order, so one entry that cancels to near zero can differ by more than an elementwise tolerance allows."""
+    return (got - want).norm() <= 1e-5 * want.norm() + 1e-7
+
 @pytest.mark.parametrize("four_bit", [False, True])
 def test_fused_lora_matches_peft(tiny_llama, tmp_path, four_bit):
     if four_bit:  # a real bitsandbytes NF4 base, as QLoRA loads it
@@ -42,12 +48,11 @@ def test_fused_lora_matches_peft(tiny_llama, tmp_path, four_bit):
     assert fuse_lora(model) == 2 * 7
     got_logits, got = forward_and_grads(model, ids)
     assert torch.allclose(got_logits, want_logits, atol=1e-5)
-    assert want.keys() == got.keys() and all(torch.allclose(got[n], want[n], atol=1e-5, rtol=1e-4) for n in want)
+    assert want.keys() == got.keys() and all(close_in_norm(got[n], want[n]) for n in want)
     assert group_lora(model) == 2 * 2  # q/k/v and gate/up of both layers
     grouped_logits, grouped = forward_and_grads(model, ids)
     assert torch.allclose(grouped_logits, want_logits, atol=1e-5)
-    # the same sums in another order: equal to fp32 rounding, relative to each gradient's size
-    assert all((grouped[n] - want[n]).norm() <= 1e-5 * want[n].norm() + 1e-7 for n in want)
+    assert all(close_in_norm(grouped[n], want[n]) for n in want)
     if four_bit:  # dequantized once and cached: the very same numbers
         assert cache_dense_weights(model, 1e12, torch.float32) > 0
         cached_logits, cached = forward_and_grads(model, ids)
