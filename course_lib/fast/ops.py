@@ -93,26 +93,60 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     return out.unsqueeze(0), None  # [1, T, heads, head_dim], as transformers' attention functions return
 
 
+class _ToPadded(torch.autograd.Function):
+    """[heads, T, d] to [n, heads, max_len, d] by a gather; the gradient is the inverse gather.
+
+    Autograd's own gradient of a gather is a scatter-add (serial on a CPU, a sort on a GPU). None is needed here:
+    every real token has one real slot, and the padding slots' gradients are exactly zero (`padded_attention`).
+    """
+
+    @staticmethod
+    def forward(ctx, x, index, example, position):
+        ctx.save_for_backward(example, position)
+        return x[:, index].transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        example, position = ctx.saved_tensors
+        return grad[example, :, position].transpose(0, 1), None, None, None
+
+
+class _FromPadded(torch.autograd.Function):
+    """[n, max_len, heads, d] to [T, heads, d], the real slots only; the gradient is a gather, zero on the padding."""
+
+    @staticmethod
+    def forward(ctx, x, example, position, index, real):
+        ctx.save_for_backward(index, real)
+        return x[example, position]
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, real = ctx.saved_tensors
+        return grad[index] * real[:, :, None, None], None, None, None, None
+
+
 def padded_attention(query, key, value, cu, max_len: int, scaling=None):
     """Causal attention per packed example through SDPA: [1, heads, T, d] in, [1, T, heads, d] out.
 
     The n examples are gathered into an [n, heads, max_len, d] batch, right-padded; causal masking alone keeps
     every real query off the padding (it only sees earlier positions), and the padded queries' outputs are never
-    gathered back. Every index is computed on the device from `cu` and the host integer `max_len`, so a CUDA graph
-    can capture it; SDPA picks its memory-efficient kernel where flash is missing (a T4).
+    gathered back. So no gradient reaches a padding slot, and both gathers take the inverse gather as their gradient
+    (`_ToPadded`, `_FromPadded`). Every index is computed on the device from `cu` and the host integer `max_len`, so
+    a CUDA graph can capture it; SDPA picks its memory-efficient kernel where flash is missing (a T4).
     """
-    n, total = cu.shape[0] - 1, query.shape[2]
-    offsets = torch.arange(max_len, device=query.device)
-    starts = cu[:-1].long()
+    total, device = query.shape[2], query.device
+    offsets = torch.arange(max_len, device=device)
+    starts, ends = cu[:-1].long(), cu[1:].long()
     index = (starts[:, None] + offsets[None]).clamp_(max=total - 1)  # [n, max_len]; padding reads any real token
+    example = torch.searchsorted(ends, torch.arange(total, device=device), right=True)  # each token's slot
+    position = torch.arange(total, device=device) - starts[example]
+    q, k, v = (_ToPadded.apply(t.squeeze(0), index, example, position) for t in (query, key, value))
     groups = query.shape[1] // key.shape[1]
-    q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))  # [n, heads, max_len, d]
     if groups > 1:  # the memory-efficient kernel has no grouped-query support: share the key/value heads out
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
-    example = torch.searchsorted(cu[1:].long(), torch.arange(total, device=query.device), right=True)
-    position = torch.arange(total, device=query.device) - starts[example]
-    return out.transpose(1, 2)[example, position].unsqueeze(0)  # [1, T, heads, d]
+    real = (offsets[None] < (ends - starts)[:, None]).to(out.dtype)  # [n, max_len]: 1 on real slots
+    return _FromPadded.apply(out.transpose(1, 2), example, position, index, real).unsqueeze(0)  # [1, T, heads, d]
 
 
 _USE_FLASH = True
@@ -364,3 +398,4 @@ def apply_liger(model) -> list[str]:
     apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                 fused_linear_cross_entropy=False, model=model)
     return ["rms_norm", "swiglu", "rope"]
+

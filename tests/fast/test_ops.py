@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from course_lib.fast.ops import MasterWeights, linear_cross_entropy_sum, make_adamw, packed_kwargs, register_attention
+from course_lib.fast.ops import (MasterWeights, linear_cross_entropy_sum, make_adamw, packed_kwargs, padded_attention,
+                                  register_attention)
 from course_lib.fast.packing import pack_rows
 from tests.helpers import random_rows
 
@@ -53,6 +54,34 @@ def test_no_attention_across_examples(tiny_llama):
     assert not torch.allclose(a[:10], b[:10])  # example 0 itself changed
     assert torch.equal(a[10:], b[10:])  # examples 1 and 2 saw nothing of it
 
+
+
+@pytest.mark.parametrize("lengths, kv_heads", [([5, 1, 8, 3], 2), ([6], 4), ([2, 7, 7], 1)])
+def test_padded_attention_gradients_equal_each_example_alone(lengths, kv_heads):
+    """Its own backward (inverse gathers, no scatter-add) gives the gradients of per-example causal SDPA."""
+    torch.manual_seed(0)
+    heads, dim, total = 4, 8, sum(lengths)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(1, h, total, dim, dtype=torch.float64, requires_grad=True)
+               for h in (heads, kv_heads, kv_heads))
+    grad_out = torch.randn(1, total, heads, dim, dtype=torch.float64)
+    ours = torch.autograd.grad((padded_attention(q, k, v, cu, max(lengths)) * grad_out).sum(), (q, k, v))
+    pieces = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        qe, ke, ve = q[:, :, a:b], k[:, :, a:b], v[:, :, a:b]
+        ke, ve = ke.repeat_interleave(heads // kv_heads, 1), ve.repeat_interleave(heads // kv_heads, 1)
+        pieces.append(torch.nn.functional.scaled_dot_product_attention(qe, ke, ve, is_causal=True).transpose(1, 2))
+    reference = torch.autograd.grad((torch.cat(pieces, dim=1) * grad_out).sum(), (q, k, v))
+    for name, a, b in zip("qkv", ours, reference):
+        assert torch.allclose(a, b, atol=1e-10), name
+
+
+
+def test_padded_attention_passes_gradcheck():
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 3, 4, 6], dtype=torch.int32)  # examples of 3, 1 and 2 tokens
+    inputs = [torch.randn(1, h, 6, 4, dtype=torch.float64, requires_grad=True) for h in (2, 1, 1)]
+    assert torch.autograd.gradcheck(lambda q, k, v: padded_attention(q, k, v, cu, 3), inputs)
 
 # ---------------------------------------------------------------------------------------------------- loss and optimizer
 
