@@ -59,6 +59,7 @@ from course_lib.fast.lora import (
     unfuse_lora,
 )
 from course_lib.fast.ops import (
+    LIGER_KERNELS,
     MasterWeights,
     apply_liger,
     flash_varlen_usable,
@@ -153,12 +154,15 @@ def _train_packed(model, rows: list[dict], settings: FastSettings, progress: boo
             param.data = param.data.to(dtype)
     details: dict = {"dtype": str(dtype).replace("torch.", ""), "4bit": four_bit}
     previous_attention = base.config._attn_implementation
+    undo: list = []  # what _speed_up changed beyond the model's own modules (Liger's patches)
     try:
-        _speed_up(peft_model, settings, device, details)
+        _speed_up(peft_model, settings, device, details, undo)
         plan = list(step_batches(len(rows), settings.batch_size, settings.steps, settings.seed, settings.shuffle))
         max_tokens = _plan_memory(peft_model, rows, plan, settings, device, details)
         history, seconds, tokens = _run(peft_model, rows, plan, max_tokens, settings, device, details, progress, desc)
     finally:  # the model leaves as it came, plus trained adapters: peft's forward, its own attention, no caches
+        for restore in undo:
+            restore()
         unfuse_lora(peft_model)
         if details.get("offloaded_layers"):
             restore_layers(peft_model)
@@ -173,8 +177,8 @@ def _train_packed(model, rows: list[dict], settings: FastSettings, progress: boo
                        details=details, tokens=tokens)
 
 
-def _speed_up(peft_model, settings: FastSettings, device, details: dict) -> None:
-    """Fused LoRA layers, Liger kernels, packed attention and (if asked) compiled layers."""
+def _speed_up(peft_model, settings: FastSettings, device, details: dict, undo: list) -> None:
+    """Fused LoRA layers, Liger kernels, packed attention and (if asked) compiled layers; `undo` gets the way back."""
     base = peft_model.get_base_model()
     on_gpu = device.type == "cuda"
     details["fused_lora_layers"] = fuse_lora(peft_model) if settings.fused_lora else 0
@@ -182,8 +186,13 @@ def _speed_up(peft_model, settings: FastSettings, device, details: dict) -> None
     compiling = bool(_choose(settings.compile, False)) and on_gpu
     # Liger's autograd functions broke torch.compile's tracer (torch 2.11): compiled layers use plain PyTorch ops
     llama = getattr(base.config, "model_type", None) == "llama"  # Liger's patch here is the Llama one
-    use_liger = _choose(settings.liger, on_gpu) and on_gpu and llama and not compiling and liger_available()
-    details["liger"] = apply_liger(base) if use_liger else []
+    details["liger"] = []
+    if _choose(settings.liger, on_gpu) and llama and not compiling and liger_available(device):
+        try:
+            undo.append(apply_liger(base))
+            details["liger"] = LIGER_KERNELS
+        except Exception as err:  # a liger-kernel release this code does not know: PyTorch's own kernels then
+            details["liger_why"] = f"{type(err).__name__}: {err}"[:300]
     base.set_attn_implementation(register_attention(flash=settings.flash_varlen))
     details["attention"] = "flash varlen" if settings.flash_varlen and flash_varlen_usable(device, compute_dtype(base)) \
         else "padded SDPA"

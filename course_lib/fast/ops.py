@@ -381,21 +381,53 @@ def make_adamw(kind: str, lr: float, weight_decay: float, betas=(0.9, 0.999), ep
 # ---------------------------------------------------------------------------------------------------- optional kernels
 
 
-def liger_available() -> bool:
-    """True when the `liger-kernel` package imports (it needs a CUDA GPU with Triton to be useful)."""
+def liger_available(device) -> bool:
+    """True where Liger's Triton kernels can run: a CUDA GPU Triton supports (7.0 and up) and `liger-kernel`."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (7, 0):
+        return False
     try:
         import liger_kernel.transformers  # noqa: F401
-    except Exception:  # ImportError, or Triton failing to initialise without a GPU
+    except Exception:  # ImportError, or Triton failing to initialise
         return False
     return True
 
 
-def apply_liger(model) -> list[str]:
-    """Swap RMSNorm, SwiGLU and RoPE of a Llama-family model for Liger's Triton kernels; returns what changed."""
-    from liger_kernel.transformers import apply_liger_kernel_to_llama
+LIGER_KERNELS = ["rms_norm", "swiglu", "rope"]
 
-    # The loss stays ours (linear_cross_entropy_sum); Liger's fused linear CE would need its own forward.
-    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                fused_linear_cross_entropy=False, model=model)
-    return ["rms_norm", "swiglu", "rope"]
+
+def apply_liger(model):
+    """Swap RMSNorm, SwiGLU and RoPE of a Llama-family model for Liger's Triton kernels; returns a function undoing it.
+
+    Liger patches the model's modules and also transformers' Llama module itself (its RMSNorm and MLP classes and
+    its RoPE function, for every Llama in the process). Left in place, a Llama used later on a CPU, this one moved
+    there to be merged or exported included, would call Triton kernels on CPU tensors; the undo puts both back.
+    """
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+    from transformers.models.llama import modeling_llama
+
+    namespaces = [vars(modeling_llama), *(vars(module) for module in model.modules())]
+    before = [dict(namespace) for namespace in namespaces]
+    missing = object()
+    changed: list = []  # (namespace, key, value before Liger), for exactly what Liger set
+
+    def undo() -> None:
+        for namespace, key, value in changed:
+            if value is missing:
+                namespace.pop(key, None)
+            else:
+                namespace[key] = value
+
+    def record() -> None:
+        changed.extend((namespace, key, old.get(key, missing)) for namespace, old in zip(namespaces, before)
+                       for key, value in namespace.items() if old.get(key, missing) is not value)
+
+    try:  # the loss stays ours (linear_cross_entropy_sum); Liger's fused linear CE would need its own forward
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False, model=model)
+    except BaseException:  # a release that fails half-way is undone too
+        record()
+        undo()
+        raise
+    record()
+    return undo
 
