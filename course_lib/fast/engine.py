@@ -45,7 +45,7 @@ from transformers import get_scheduler
 
 from course_lib.core.progress import progress_bar
 from course_lib.core.results import NonFiniteLossError, TrainResult
-from course_lib.core.runtime import quiet, widgets_enabled
+from course_lib.core.runtime import gpu_has_bf16, quiet, widgets_enabled
 from course_lib.data.tokenize import to_rows
 from course_lib.fast.baseline import train_recipe
 from course_lib.fast.graphs import StaticSteps, shape_of
@@ -71,15 +71,15 @@ from course_lib.fast.ops import (
 )
 from course_lib.fast.packing import pack_rows, plan_step, step_batches
 from course_lib.fast.settings import FastSettings
-from course_lib.qlora.bnb import is_4bit, unpack_cpu_weights
+from course_lib.qlora.bnb import four_bit_compute_dtype, is_4bit, to_compute_dtype, unpack_cpu_weights
 from course_lib.qlora.memory import layers_to_uncheckpoint, packed_activation_bytes, plan_checkpointing
 
 # ---------------------------------------------------------------------------------------------------- model
 
 
 def compute_dtype(model):
-    """The dtype the model computes in: its embedding's (4-bit layers store uint8, but compute in this)."""
-    return model.get_input_embeddings().weight.dtype
+    """The dtype the model computes in: its 4-bit layers' compute dtype (they store uint8), else its embedding's."""
+    return four_bit_compute_dtype(model) or model.get_input_embeddings().weight.dtype
 
 
 def set_checkpointing(model, how, preserve_rng: bool = True) -> float:
@@ -132,7 +132,21 @@ def unsupported_reason(model) -> str | None:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or getattr(head, "bias", None) is not None:
         return "the fast path expects an output layer without bias; use the recipe for this model"
+    placed = {str(where) for where in (getattr(model, "hf_device_map", None) or {}).values()}
+    if len(placed) > 1:
+        return (f"the model is spread over {', '.join(sorted(placed))} (its device_map), and the fast path trains on "
+                f"one device; use the recipe for this model")
+    device = next(model.parameters()).device
+    if emulated_bf16(device, compute_dtype(model)):
+        return ("the model computes in bf16, which this GPU only emulates (compute capability below 8.0, such as a "
+                "T4): load it in float16 for the fast path's fp16 with loss scaling (load_causal_lm and load_4bit do on "
+                "such a GPU); use the recipe for this model")
     return None
+
+
+def emulated_bf16(device, dtype) -> bool:
+    """True for bf16 on a CUDA GPU without bf16 arithmetic of its own (a T4): slow, and no kernel here expects it."""
+    return device.type == "cuda" and dtype == torch.bfloat16 and not gpu_has_bf16(device)
 
 
 def _train_packed(model, rows: list[dict], settings: FastSettings, progress: bool, desc: str) -> TrainResult:
@@ -144,8 +158,8 @@ def _train_packed(model, rows: list[dict], settings: FastSettings, progress: boo
         raise ValueError(reason.replace("use the recipe", "use FastSettings(recipe=True)"))
     four_bit = is_4bit(model)
     if four_bit:
-
         unpack_cpu_weights(model)  # the same bitsandbytes CPU packing that finetune_qlora undoes
+        to_compute_dtype(model)  # prepare_model_for_kbit_training's fp32 embeddings and norms back to the 4-bit dtype
     peft_model = attach_lora(model, settings)
     base = peft_model.get_base_model()
     dtype = compute_dtype(base)

@@ -110,9 +110,7 @@ def to_compute_dtype(model) -> None:
     suits the Trainer; the fast path computes in the compute dtype end to end and checkpoints only the layers its
     memory plan asks for. On a CPU the compute dtype is fp32 already and only the checkpointing changes.
     """
-    import bitsandbytes as bnb
-
-    dtype = next(m.compute_dtype for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    dtype = four_bit_compute_dtype(model)
     for module in model.modules():
         for param in module.parameters(recurse=False):
             if type(param).__name__ != "Params4bit" and param.is_floating_point() and param.dtype != dtype:
@@ -123,11 +121,18 @@ def to_compute_dtype(model) -> None:
         model.disable_input_require_grads()
 
 
+def four_bit_compute_dtype(model):
+    """The dtype the model's bitsandbytes 4-bit layers compute in, or None where it has none."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # then no model here can hold its layers
+        return None
+    return next((m.compute_dtype for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)), None)
+
+
 def is_4bit(model) -> bool:
     """True when the model's decoder linear layers hold bitsandbytes 4-bit weights."""
-    import bitsandbytes as bnb
-
-    return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    return four_bit_compute_dtype(model) is not None
 
 
 def footprint(model) -> dict[str, int]:

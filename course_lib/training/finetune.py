@@ -18,7 +18,7 @@ from course_lib.core.results import TrainResult
 from course_lib.data.tokenize import to_rows
 from course_lib.fast.engine import train_fast, unsupported_reason
 from course_lib.fast.settings import FastSettings
-from course_lib.qlora.bnb import add_lora, is_4bit, to_compute_dtype, unpack_cpu_weights
+from course_lib.qlora.bnb import add_lora, is_4bit, unpack_cpu_weights
 from course_lib.training.config import TrainConfig, resolve_precision
 from course_lib.training.trainer import train
 
@@ -153,7 +153,6 @@ def finetune_qlora(model, tokenizer, conversations: Sequence[Sequence[dict]], se
         if optimizer is not None and optimizer not in _FAST_OPTIMIZERS:
             raise ValueError(f"the fast path has no optimizer {optimizer!r} (it has {sorted(_FAST_OPTIMIZERS)}); "
                              "LoraSettings(fast=False) runs the Trainer, which has")
-        to_compute_dtype(model)
         chosen = _FAST_OPTIMIZERS[optimizer] if optimizer else "auto"  # auto: paged 8-bit AdamW on a GPU
         return _train_fast_path("finetune_qlora", model, tokenizer, rows,
                                 fast_settings_for(settings).replace(optimizer=chosen), why, progress)

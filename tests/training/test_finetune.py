@@ -79,6 +79,25 @@ def test_choose_path_falls_back_where_the_fast_path_would_be_wrong(tiny_llama):
     capped = copy.deepcopy(tiny_llama)
     capped.config.final_logit_softcapping = 30.0
     assert choose_path(on_device(capped, "cuda"), LoraSettings())[0] is False
+    spread = copy.deepcopy(tiny_llama)  # device_map="auto" over two GPUs (Kaggle's two T4s)
+    spread.hf_device_map = {"model.embed_tokens": 0, "model.layers": 0, "model.norm": 1, "lm_head": 1}
+    fast, why = choose_path(on_device(spread, "cuda"), LoraSettings())
+    assert fast is False and "device_map" in why and "Trainer" in why
+
+
+@pytest.mark.parametrize("capability, fast", [((7, 5), False), ((8, 0), True)])
+def test_bf16_weights_take_the_fast_path_only_where_the_gpu_computes_in_bf16(tiny_llama, monkeypatch, capability,
+                                                                             fast):
+    """A bf16 model on a T4 (bf16 only emulated there): the Trainer, which autocasts to fp16, and the reason why."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    model = on_device(copy.deepcopy(tiny_llama).to(torch.bfloat16), "cuda")
+    chosen, why = choose_path(model, LoraSettings())
+    assert chosen is fast
+    if not fast:
+        assert "emulates" in why and "float16" in why
+        with pytest.raises(ValueError, match="emulates"):
+            choose_path(model, LoraSettings(fast=True))
 
 
 def test_fast_settings_carry_every_lora_setting():
