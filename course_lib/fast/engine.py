@@ -224,6 +224,7 @@ def _plan_memory(peft_model, rows, plan, settings: FastSettings, device, details
     tokens = min(settings.max_tokens or longest, longest)
     fraction = 0.0
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # blocks cached from earlier work (a previous run's graphs) count as free, not used
         free, _ = torch.cuda.mem_get_info(device)
         in_use = torch.cuda.memory_allocated(device)
         limit = settings.memory_limit_gib * 2**30 if settings.memory_limit_gib else 0.85 * (free + in_use)
@@ -277,6 +278,8 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
         if on_gpu:  # the peak includes capturing the graphs: their memory stays reserved while they replay
             torch.cuda.reset_peak_memory_stats(device)
         static = _static_steps(peft_model, groups, settings, device, details)
+        if progress and details["graphs"].get("why", "").startswith("capture failed"):  # slower, but it trains: say so
+            print(f"{desc}: no CUDA graphs, training without them ({details['graphs']['why']})")
         for step, micro_rows in enumerate(groups, start=1):
             if settings.time_from_step is not None and step == settings.time_from_step:
                 if on_gpu:
@@ -299,7 +302,8 @@ def _run(peft_model, rows, plan, max_tokens: int, settings: FastSettings, device
                                                  **packed_kwargs(batch))
             step_lrs.append(scheduler.get_last_lr()[0])  # the rate this step uses, as the Trainer logs it
             step_norms.append(master.clip_and_step(settings.max_grad_norm))  # norm before clipping
-            scheduler.step()
+            if master.stepped:  # as the Trainer: a step skipped for fp16 overflow leaves the schedule where it was
+                scheduler.step()
             master.zero_grad()
             step_losses.append(loss_sum / n_learned)
             step_tokens.append(sum(b.tokens for b in micro))

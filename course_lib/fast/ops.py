@@ -69,14 +69,15 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     if query.shape[0] != 1:
         raise ValueError(f"packed attention expects one row per batch, got {query.shape[0]}")
     max_len = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
-    if not _USE_FLASH or not flash_varlen_usable(query.device, query.dtype):
+    varlen = _varlen_fn() if _USE_FLASH and flash_varlen_usable(query.device, query.dtype) else None
+    params = _signature(varlen) if varlen is not None else {}
+    custom_scale = scaling is not None and not math.isclose(scaling, query.shape[-1] ** -0.5)
+    if varlen is None or (custom_scale and "scale" not in params):  # torch 2.9's varlen_attn takes no scale
         return padded_attention(query, key, value, cu, max_len, scaling), None
     groups = query.shape[1] // key.shape[1]
-    varlen = _varlen_fn()
     # squeeze, not [0]: indexing's backward writes the gradient into a fresh zeroed tensor (a fill and a strided
     # copy per tensor and layer, a visible share of a large model's step time); squeeze's backward is a view
     q, k, v = (t.squeeze(0).transpose(0, 1) for t in (query, key, value))  # [T, heads, head_dim]
-    params = _signature(varlen)
     extra = {}
     if groups > 1:
         if "enable_gqa" in params:
@@ -324,6 +325,7 @@ class MasterWeights:
             self.master.grad = torch.zeros_like(self.master)
         self.loss_scale = LossScale(device) if dtype == torch.float16 else None
         self.optimizer = make_optimizer([self.master])
+        self.stepped = False  # whether the last clip_and_step stepped (an overflowed fp16 step does not)
 
     def backward_scale(self, learned_tokens: int):
         """What a step's summed loss is multiplied by before backward: 1 / learned tokens, times the loss scale."""
@@ -345,7 +347,8 @@ class MasterWeights:
             self.loss_scale.unscale_(self.master.grad)
         norm = torch.nn.utils.clip_grad_norm_([self.master], max_grad_norm if max_grad_norm else math.inf,
                                               foreach=True)
-        if self.loss_scale is not None and self.loss_scale.update():
+        self.stepped = not (self.loss_scale is not None and self.loss_scale.update())
+        if not self.stepped:
             return norm
         self.optimizer.step()
         if separate:

@@ -59,6 +59,24 @@ def test_fp16_fast_path_loss_equals_the_fp16_recipe(tiny_llama, tokenizer):
     assert all(p.dtype == torch.float16 for n, p in fast.model.named_parameters() if "lora_" in n)
 
 
+
+def test_a_step_skipped_for_fp16_overflow_leaves_the_schedule_where_it_was(tiny_llama, tokenizer, monkeypatch):
+    """As the Trainer does (it steps the scheduler only when the GradScaler did not skip the optimizer step)."""
+    from course_lib.fast import ops
+
+    monkeypatch.setattr(ops.LossScale.__init__, "__defaults__", (2.0**22, 2000))  # too high: the first steps overflow
+    conversations = [tasks.to_messages(e) for e in tasks.make_examples(8, seed=1)]
+    settings = FastSettings(steps=6, batch_size=8, micro_batch_size=4, learning_rate=1e-2, warmup_steps=0,
+                            max_length=128, dropout=0.0, max_tokens=300)
+    result = train_fast(tiny_llama.half(), tokenizer, conversations, settings, progress=False)
+    skipped = [not torch.isfinite(torch.tensor(row["grad_norm"])) for row in result.history]
+    assert any(skipped) and not all(skipped) and result.details["loss_scale"]["skipped_steps"] == sum(skipped)
+    stepped_before = [sum(not s for s in skipped[:i]) for i in range(len(skipped))]
+    assert [row["learning_rate"] for row in result.history] == pytest.approx(
+        [1e-2 * (1 - n / settings.steps) for n in stepped_before])
+    for i in range(1, len(skipped)):  # every step sees the same 8 examples: a skipped step changes no weight
+        assert (result.history[i]["loss"] == result.history[i - 1]["loss"]) is skipped[i - 1]
+
 def test_to_rows_names_the_bad_item(tokenizer):
     good = tasks.to_messages(tasks.make_examples(1)[0])
     with pytest.raises(ValueError, match="training item 1"):
