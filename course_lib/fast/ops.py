@@ -12,6 +12,7 @@ import math
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.models.llama import modeling_llama
 
 ATTENTION_NAME = "course_varlen"
 
@@ -406,7 +407,6 @@ def apply_liger(model):
     there to be merged or exported included, would call Triton kernels on CPU tensors; the undo puts both back.
     """
     from liger_kernel.transformers import apply_liger_kernel_to_llama
-    from transformers.models.llama import modeling_llama
 
     namespaces = [vars(modeling_llama), *(vars(module) for module in model.modules())]
     before = [dict(namespace) for namespace in namespaces]
