@@ -178,3 +178,21 @@ def test_fp16_model_on_a_gpu_takes_the_fast_path_with_loss_scaling(tiny_llama, t
     assert "loss_scale" in result.details and result.details["graphs"]["graphs"] >= 1
     assert all(math.isfinite(loss) for loss in result.losses) and result.details["loss_scale"]["skipped_steps"] < 4
     assert any(p.abs().sum() > 0 for n, p in result.model.named_parameters() if "lora_B" in n)  # the adapters moved
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_after_the_gpu_fast_path_the_model_and_transformers_run_on_the_cpu_again(tiny_llama, tokenizer):
+    """Liger's kernels (where liger-kernel is installed) patch transformers' Llama module for the whole process; the
+    fast path undoes them, so the trained model moved to the CPU (to merge or export it) runs PyTorch's code."""
+    from transformers.models.llama import modeling_llama
+
+    names = ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP")
+    before = {name: getattr(modeling_llama, name) for name in names}
+    result = finetune_lora(tiny_llama.cuda(), tokenizer, conversations(8), LoraSettings(steps=2, batch_size=4, r=4,
+                                                                                         alpha=8), progress=False)
+    assert result.path == "fast" and {name: getattr(modeling_llama, name) for name in names} == before
+    model = result.model.cpu()
+    assert not any("forward" in vars(module) for module in model.get_base_model().modules())
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.randint(3, 1000, (1, 9))).logits).all()
