@@ -138,7 +138,8 @@ def padded_attention(query, key, value, cu, max_len: int, scaling=None):
     """
     total, device = query.shape[2], query.device
     offsets = torch.arange(max_len, device=device)
-    starts, ends = cu[:-1].long(), cu[1:].long()
+    cu = cu.to(device=device, dtype=torch.long)  # a no-op in training; a caller may hand the offsets from the host
+    starts, ends = cu[:-1], cu[1:]
     index = (starts[:, None] + offsets[None]).clamp_(max=total - 1)  # [n, max_len]; padding reads any real token
     example = torch.searchsorted(ends, torch.arange(total, device=device), right=True)  # each token's slot
     position = torch.arange(total, device=device) - starts[example]
