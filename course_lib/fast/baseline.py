@@ -18,7 +18,7 @@ from course_lib.core.results import TrainResult
 from course_lib.core.runtime import gpu_has_bf16, quiet
 from course_lib.fast.lora import attach_lora
 from course_lib.fast.settings import FastSettings
-from course_lib.qlora.bnb import four_bit_compute_dtype, is_4bit
+from course_lib.qlora.bnb import is_4bit, model_compute_dtype
 
 
 def train_recipe(model, tokenizer, rows: list[dict], settings: FastSettings, progress: bool = True,
@@ -33,7 +33,7 @@ def train_recipe(model, tokenizer, rows: list[dict], settings: FastSettings, pro
     device = next(model.parameters()).device
     # a T4's recipe: fp16 weights (or 4-bit layers computing in fp16), AMP with loss scaling. Read before the
     # QLoRA preparation, which turns the embeddings to fp32
-    fp16 = (four_bit_compute_dtype(model) or model.get_input_embeddings().weight.dtype) == torch.float16
+    fp16 = model_compute_dtype(model) == torch.float16
     if is_4bit(model):
 
         model = prepare_model_for_kbit_training(model)  # the QLoRA textbook step (also turns on checkpointing)

@@ -71,15 +71,10 @@ from course_lib.fast.ops import (
 )
 from course_lib.fast.packing import pack_rows, plan_step, step_batches
 from course_lib.fast.settings import FastSettings
-from course_lib.qlora.bnb import four_bit_compute_dtype, is_4bit, to_compute_dtype, unpack_cpu_weights
+from course_lib.qlora.bnb import is_4bit, model_compute_dtype, to_compute_dtype, unpack_cpu_weights
 from course_lib.qlora.memory import layers_to_uncheckpoint, packed_activation_bytes, plan_checkpointing
 
 # ---------------------------------------------------------------------------------------------------- model
-
-
-def compute_dtype(model):
-    """The dtype the model computes in: its 4-bit layers' compute dtype (they store uint8), else its embedding's."""
-    return four_bit_compute_dtype(model) or model.get_input_embeddings().weight.dtype
 
 
 def set_checkpointing(model, how, preserve_rng: bool = True) -> float:
@@ -137,10 +132,10 @@ def unsupported_reason(model) -> str | None:
         return (f"the model is spread over {', '.join(sorted(placed))} (its device_map), and the fast path trains on "
                 f"one device; use the recipe for this model")
     device = next(model.parameters()).device
-    if emulated_bf16(device, compute_dtype(model)):
+    if emulated_bf16(device, model_compute_dtype(model)):
         return ("the model computes in bf16, which this GPU only emulates (compute capability below 8.0, such as a "
-                "T4): load it in float16 for the fast path's fp16 with loss scaling (load_causal_lm and load_4bit do on "
-                "such a GPU); use the recipe for this model")
+                "T4): load it in float16 for the fast path's fp16 with loss scaling (load_causal_lm and load_4bit do "
+                "on such a GPU); use the recipe for this model")
     return None
 
 
@@ -162,7 +157,7 @@ def _train_packed(model, rows: list[dict], settings: FastSettings, progress: boo
         to_compute_dtype(model)  # prepare_model_for_kbit_training's fp32 embeddings and norms back to the 4-bit dtype
     peft_model = attach_lora(model, settings)
     base = peft_model.get_base_model()
-    dtype = compute_dtype(base)
+    dtype = model_compute_dtype(base)
     for param in peft_model.parameters():
         if param.requires_grad and param.dtype != dtype:  # adapters compute in the model's dtype (bf16 on a GPU)
             param.data = param.data.to(dtype)
@@ -208,8 +203,8 @@ def _speed_up(peft_model, settings: FastSettings, device, details: dict, undo: l
         except Exception as err:  # a liger-kernel release this code does not know: PyTorch's own kernels then
             details["liger_why"] = f"{type(err).__name__}: {err}"[:300]
     base.set_attn_implementation(register_attention(flash=settings.flash_varlen))
-    details["attention"] = "flash varlen" if settings.flash_varlen and flash_varlen_usable(device, compute_dtype(base)) \
-        else "padded SDPA"
+    flash = settings.flash_varlen and flash_varlen_usable(device, model_compute_dtype(base))
+    details["attention"] = "flash varlen" if flash else "padded SDPA"
     if compiling:
         for layer in base.get_decoder().layers:
             layer.compile(dynamic=True)
@@ -236,7 +231,7 @@ def _plan_memory(peft_model, rows, plan, settings: FastSettings, device, details
         if details["4bit"] and details["fused_lora_layers"] and settings.dense_cache:
             # first buy back the dequantization time
             floor = (base.config.num_hidden_layers * checkpointed + kept) * tokens
-            used = cache_dense_weights(peft_model, available - floor, compute_dtype(base))
+            used = cache_dense_weights(peft_model, available - floor, model_compute_dtype(base))
             details["dense_cache_gib"] = used / 2**30
             available -= used
         example = max(len(row["input_ids"]) for row in rows)

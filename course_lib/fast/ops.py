@@ -434,4 +434,3 @@ def apply_liger(model):
         raise
     record()
     return undo
-

@@ -130,6 +130,11 @@ def four_bit_compute_dtype(model):
     return next((m.compute_dtype for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)), None)
 
 
+def model_compute_dtype(model):
+    """The dtype the model computes in: its 4-bit layers' compute dtype (they store uint8), else its embedding's."""
+    return four_bit_compute_dtype(model) or model.get_input_embeddings().weight.dtype
+
+
 def is_4bit(model) -> bool:
     """True when the model's decoder linear layers hold bitsandbytes 4-bit weights."""
     return four_bit_compute_dtype(model) is not None

@@ -61,7 +61,6 @@ def test_cpu_device_is_fp32(monkeypatch):
     assert device.type == "cpu" and device.dtype == torch.float32
 
 
-
 def _pretend_gpu(monkeypatch, capability):
     """A CUDA GPU of this compute capability whose torch would emulate bf16 (as torch does on a T4)."""
     import torch
@@ -90,6 +89,7 @@ def test_bf16_only_where_the_gpu_computes_in_it(monkeypatch, capability, bf16):
     if not bf16:
         with pytest.raises(Exception, match="no bf16 support"):
             resolve_precision("bf16", "cuda")
+
 
 def test_importing_course_lib_quiets_bitsandbytes_before_anything_imports_it():
     # a notebook imports peft (and so bitsandbytes) before course_lib.start(); bitsandbytes' import-time warning

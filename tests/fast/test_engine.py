@@ -59,7 +59,6 @@ def test_fp16_fast_path_loss_equals_the_fp16_recipe(tiny_llama, tokenizer):
     assert all(p.dtype == torch.float16 for n, p in fast.model.named_parameters() if "lora_" in n)
 
 
-
 def test_a_step_skipped_for_fp16_overflow_leaves_the_schedule_where_it_was(tiny_llama, tokenizer, monkeypatch):
     """As the Trainer does (it steps the scheduler only when the GradScaler did not skip the optimizer step)."""
     from course_lib.fast import ops
@@ -76,6 +75,7 @@ def test_a_step_skipped_for_fp16_overflow_leaves_the_schedule_where_it_was(tiny_
         [1e-2 * (1 - n / settings.steps) for n in stepped_before])
     for i in range(1, len(skipped)):  # every step sees the same 8 examples: a skipped step changes no weight
         assert (result.history[i]["loss"] == result.history[i - 1]["loss"]) is skipped[i - 1]
+
 
 def test_to_rows_names_the_bad_item(tokenizer):
     good = tasks.to_messages(tasks.make_examples(1)[0])

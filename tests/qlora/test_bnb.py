@@ -85,7 +85,6 @@ def test_one_qlora_step_on_cpu(small_checkpoint, tokenizer):
     assert any(p.abs().sum() > 0 for p in lora_b)
 
 
-
 def test_train_fast_on_a_prepared_4bit_model_computes_in_its_compute_dtype(small_checkpoint, tokenizer):
     """prepare_model_for_kbit_training leaves embeddings and norms in fp32; train_fast itself (not only finetune_qlora)
     puts them back in the 4-bit layers' compute dtype, as on a GPU (bf16 here), rather than training all in fp32."""
@@ -99,6 +98,7 @@ def test_train_fast_on_a_prepared_4bit_model_computes_in_its_compute_dtype(small
                         progress=False)
     assert result.details["dtype"] == "bfloat16" and math.isfinite(result.losses[0])
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+
 
 def test_finetune_qlora_refuses_an_unquantized_model(tiny_llama, tokenizer):
     with pytest.raises(ValueError, match="4 bits"):
